@@ -1,0 +1,29 @@
+"""One exception type for mistakes a user can fix.
+
+Library code raises UserError with a one-line message that names the file or key and what
+was expected; the command-line doors catch it, print `error: <message>` and exit with code 2,
+so a user never has to read a traceback to learn that a path was wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class UserError(Exception):
+    """A problem with the user's input (a path, a key, a value), not a bug."""
+
+
+def exit_on_user_error(main: Callable[[], int | None]) -> NoReturn:
+    """Run a door's main(); turn UserError into one line on stderr and exit code 2."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
