@@ -1,0 +1,174 @@
+"""What each rank reads at each step, and the DataLoader that reads it.
+
+Step s of a run reads global positions [s*G, (s+1)*G) of an endless stream per role
+(labeled, unlabeled); position p is sample perm_e[p mod n] of epoch e = p // n, with perm_e a
+permutation seeded by (seed, role, e). Rank r takes its own contiguous slice of each global
+batch. So:
+- resume is exact: a restart at step s reads what the first run would have read;
+- every rank runs the same number of steps and never runs dry (the stream has no end);
+- each sample's augmentation is seeded by (seed, role, p): the same pixels whatever the
+  number of workers, and whether or not the run was restarted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from sslrun.data.samples import SplitSamples
+from sslrun.data.transforms import Transform, decode, fit
+
+LABELED, UNLABELED, EVAL = 0, 1, 2
+MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 steps): cheap, stable across runs and platforms."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & MASK64
+        h ^= h >> 29
+    return h >> 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The samples one role draws from: (split id, index in split, label) columns."""
+
+    split: np.ndarray
+    index: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(frozen=True)
+class Stream:
+    pool: Pool
+    role: int
+    per_rank: int  # samples per rank per step
+
+
+class StepSampler:
+    """Yields, for each step in [start, end), this rank's list of items to load."""
+
+    def __init__(self, streams: list[Stream], seed: int, rank: int, world: int, start: int, end: int) -> None:
+        self.streams, self.seed, self.rank, self.world = streams, seed, rank, world
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    @lru_cache(maxsize=8)  # noqa: B019 - a few epochs' permutations, per sampler
+    def _perm(self, role: int, n: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, role, n, epoch]).permutation(n)
+
+    def items(self, step: int) -> list[tuple[int, int, int, int, int]]:
+        out = []
+        for st in self.streams:
+            n = len(st.pool)
+            base = step * st.per_rank * self.world + self.rank * st.per_rank
+            for p in range(base, base + st.per_rank):
+                i = int(self._perm(st.role, n, p // n)[p % n])
+                out.append((st.role, int(st.pool.split[i]), int(st.pool.index[i]), int(st.pool.label[i]),
+                            mix_seed(self.seed, st.role, p)))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int, int]]]:
+        for step in range(self.start, self.end):
+            yield self.items(step)
+
+
+class ShardImages(Dataset):
+    """Reads one sample's bytes from its shard by offset, decodes and augments it."""
+
+    def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]]) -> None:
+        self.splits, self.size, self.views = splits, size, views
+        self._fds: dict[str, int] = {}
+        self._pid = -1
+
+    def read(self, split_id: int, index: int) -> bytes:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
+            self._fds, self._pid = {}, os.getpid()
+        s = self.splits[split_id]
+        path = s.shards[int(s.shard[index])]
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return os.pread(fd, int(s.size[index]), int(s.offset[index]))
+
+    def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
+        role, split_id, index, label, seed = item
+        s = self.splits[split_id]
+        if role == EVAL:
+            label = int(s.label[index])
+        img = fit(decode(self.read(split_id, index), f"{s.shards[int(s.shard[index])]} sample {s.ids[index]}"), self.size)
+        in_main = get_worker_info() is None
+        state = torch.get_rng_state() if in_main else None
+        views = []
+        for k, t in enumerate(self.views[role]):
+            torch.manual_seed(mix_seed(seed, k))
+            views.append(t(img).contiguous())
+        if state is not None:
+            torch.set_rng_state(state)
+        return role, views, label, index, int(s.hidden[index])
+
+    def __len__(self) -> int:  # only for DataLoader's sanity checks; sampling is by item
+        return sum(len(s) for s in self.splits)
+
+
+def collate(items: list[tuple[int, list[Tensor], int, int, int]]) -> dict[str, Tensor]:
+    """Group a step's items by role into uint8 image stacks and index/label vectors."""
+    out: dict[str, Tensor] = {}
+    for role, prefix, names in ((LABELED, "", ("x",)), (EVAL, "", ("x",)), (UNLABELED, "u_", ("weak", "strong"))):
+        mine = [it for it in items if it[0] == role]
+        if not mine:
+            continue
+        for k in range(len(mine[0][1])):
+            key = names[k] if role != UNLABELED else prefix + names[k]
+            out[key] = torch.stack([it[1][k] for it in mine])
+        if role == UNLABELED:
+            out["u_index"] = torch.tensor([it[3] for it in mine])
+            out["u_truth"] = torch.tensor([it[4] for it in mine])
+        else:
+            out["y"] = torch.tensor([it[2] for it in mine])
+            out["y_index"] = torch.tensor([it[3] for it in mine])
+    return out
+
+
+def make_loader(dataset: ShardImages, batches: object, workers: int, pin: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=_worker_init,
+    )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers are processes already; threads inside them only contend
+
+
+def eval_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[tuple[int, int, int, int, int]]]:
+    """Rank r evaluates samples r, r+world, ...: every sample exactly once over all ranks."""
+    mine = list(range(rank, n, world))
+    return [[(EVAL, 0, i, -1, 0) for i in mine[k:k + batch_size]] for k in range(0, len(mine), batch_size)]
+
+
+def default_workers() -> int:
+    """Loader processes: the CPUs SLURM gave this task (or the machine's), less one for the trainer."""
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or len(os.sched_getaffinity(0))
+    return max(0, min(cpus - 1, 16))

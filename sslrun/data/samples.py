@@ -1,0 +1,90 @@
+"""A split of a shard set as a list of samples with their byte ranges, labels and ids."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sslrun.data.manifest import IMAGE_EXTS, Manifest
+from sslrun.data.tar_index import scan_tar, split_key
+from sslrun.errors import UserError
+
+
+@dataclass
+class SplitSamples:
+    """Column-wise sample table: the image of sample i lies in shards[shard[i]] at offset[i]."""
+
+    name: str
+    shards: list[str]
+    shard: np.ndarray  # int32
+    offset: np.ndarray  # int64
+    size: np.ndarray  # int64
+    label: np.ndarray  # int64, -1 where unlabeled
+    hidden: np.ndarray  # int64, the hidden true class of unlabeled samples, -1 where unknown
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _read_small(path: Path, offset: int, size: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size).decode("utf-8").strip()
+
+
+def load_split(manifest: Manifest, split: str) -> SplitSamples:
+    """Index one split's shards; a shard whose sample count differs from the manifest is an error."""
+    info = manifest.split(split)
+    shard_files: list[str] = []
+    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "size", "label", "hidden", "ids")}
+    for si, entry in enumerate(info.shards):
+        path = manifest.root / entry.file
+        if not path.is_file():
+            raise UserError(f"shard {path} listed in {manifest.root / 'manifest.json'} is missing")
+        if os.path.getsize(path) != entry.bytes:
+            raise UserError(f"shard {path}: {os.path.getsize(path)} bytes, manifest says {entry.bytes} (damaged or replaced)")
+        shard_files.append(str(path))
+        samples: dict[str, dict] = {}
+        order: list[str] = []
+        for m in scan_tar(path):
+            key, ext = split_key(m.name)
+            if key not in samples:
+                samples[key] = {}
+                order.append(key)
+            samples[key][ext] = m
+        if len(order) != entry.count:
+            raise UserError(f"shard {path}: {len(order)} samples, manifest says {entry.count}")
+        for i, key in enumerate(order):
+            parts = samples[key]
+            img = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+            if img is None:
+                raise UserError(f"shard {path}: sample {key!r} has no image member (has {', '.join(parts)})")
+            label = -1
+            if "cls" in parts:
+                text = _read_small(path, parts["cls"].offset, parts["cls"].size)
+                if not text.isdigit() or int(text) >= manifest.num_classes:
+                    raise UserError(f"shard {path}: sample {key!r} has class {text!r}, expected 0..{manifest.num_classes - 1}")
+                label = int(text)
+            elif info.labeled:
+                raise UserError(f"shard {path}: sample {key!r} of labeled split '{split}' has no .cls member")
+            sid = _read_small(path, parts["id"].offset, parts["id"].size) if "id" in parts else key
+            cols["shard"].append(si)
+            cols["offset"].append(img.offset)
+            cols["size"].append(img.size)
+            cols["label"].append(label)
+            cols["hidden"].append(entry.hidden_labels[i] if entry.hidden_labels is not None else -1)
+            cols["ids"].append(sid)
+    return SplitSamples(
+        name=split,
+        shards=shard_files,
+        shard=np.asarray(cols["shard"], dtype=np.int32),
+        offset=np.asarray(cols["offset"], dtype=np.int64),
+        size=np.asarray(cols["size"], dtype=np.int64),
+        label=np.asarray(cols["label"], dtype=np.int64),
+        hidden=np.asarray(cols["hidden"], dtype=np.int64),
+        ids=cols["ids"],
+    )

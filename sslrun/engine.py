@@ -1,0 +1,441 @@
+"""The one training loop, readable top to bottom: `run(cfg)` trains, checkpoints and resumes.
+
+Resume is exact because nothing depends on history that is not in the checkpoint: the data a
+step reads is a function of (seed, step, rank) (data/loader.py), and every random number a
+step draws comes from generators reseeded from (seed, step, rank) at its start. A checkpoint
+therefore needs only weights, optimizer, schedule, EMA, step and the strategy's state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+
+from sslrun import checkpoint, distributed
+from sslrun.config import Config, save_config
+from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
+from sslrun.data.manifest import Manifest, read_manifest
+from sslrun.data.samples import SplitSamples, load_split
+from sslrun.data.transforms import check_preset, make_transform
+from sslrun.errors import UserError
+from sslrun.evaluate import EvalResult, evaluate, labeling_pass
+from sslrun.models import create_model, data_config
+from sslrun.strategies import create_strategy
+from sslrun.strategies.base import Batch, StepInfo, Strategy
+from sslrun.tb import RunLog
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the weights of the step before are the last saved ones."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the state at `step` was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; state saved")
+        self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """Turns SIGUSR2/SIGTERM/SIGINT into a flag read at step boundaries.
+
+    A checkpoint taken inside a signal handler could catch the optimizer half-way through a
+    step; the flag lets the loop finish the step, agree across ranks, and save a whole state.
+    submitit's own USR2 handler (checkpoint + requeue) is kept and called after the save.
+    """
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: leave signals to the caller
+            self.previous.clear()
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def submitit_handler(self) -> Any:
+        prev = self.previous.get(signal.SIGUSR2)
+        owner = getattr(prev, "__self__", None)
+        return prev if owner is not None and type(owner).__module__.startswith("submitit") else None
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    s = mix_seed(seed, step, rank, 0x5EED)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
+class Trainer:
+    """State of one rank's run; `fit()` is the loop."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.info = distributed.from_environment()
+        self.device = distributed.pick_device(cfg.device, self.info)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        distributed.init(self.info, self.device)
+        self.run_dir = cfg.run_dir()
+        self.ckpt_dir = self.run_dir / "ckpt"
+        self.manifest: Manifest = read_manifest(cfg.data)
+        check_preset("augment", cfg.augment)
+        check_preset("strong", cfg.strong)
+        self.train = load_split(self.manifest, "train")
+        self.val = load_split(self.manifest, "val") if "val" in self.manifest.splits else None
+        self.unlabeled = load_split(self.manifest, "unlabeled") if "unlabeled" in self.manifest.splits else None
+        self.test = load_split(self.manifest, "test") if "test" in self.manifest.splits else None
+        self.strategy: Strategy = create_strategy(cfg, self.manifest.num_classes)
+        if self.strategy.unlabeled_views and (self.unlabeled is None or len(self.unlabeled) == 0):
+            raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
+        self.workers = default_workers() if cfg.workers < 0 else cfg.workers
+        self.use_cuda = self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and self.use_cuda) else None
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.use_cuda)
+        self._build_model()
+        self.step = 0
+        self.best = {"val_acc": -1.0, "step": 0}
+        self.restarts = 0
+        self.elapsed_s = 0.0
+
+    # --- set-up ------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every restart
+        model = create_model(cfg.model, self.manifest.num_classes, cfg.pretrained, cfg.frozen)
+        if cfg.sync_bn and self.info.world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        mean, std = data_config(model)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, device=self.device) if cfg.ema_decay > 0 else None
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        else:
+            self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.net: nn.Module = model
+        if self.info.world > 1:
+            ids = [self.device.index] if self.use_cuda else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":  # FixMatch's cos(7*pi*k / (16*K)): never quite reaches 0
+            return math.cos(7 * math.pi * step / (16 * cfg.steps))
+        return 1.0
+
+    @property
+    def epoch_steps(self) -> int:
+        if self.cfg.epoch_steps:
+            return self.cfg.epoch_steps
+        per_step = self.cfg.batch_size * self.info.world
+        if self.strategy.unlabeled_views and self.unlabeled is not None:
+            return max(1, math.ceil(len(self.unlabeled) / (per_step * self.cfg.mu)))
+        return max(1, math.ceil(len(self.train) / per_step))
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 NCHW on the host -> normalised float on the device, in one pass."""
+        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _loader(self, start: int) -> Any:
+        cfg = self.cfg
+        splits: list[SplitSamples] = [self.train]
+        pool = Pool(np.zeros(len(self.train), np.int64), np.arange(len(self.train)), self.train.label)
+        extra = self.strategy.labeled_extra()
+        if extra is not None and self.unlabeled is not None and len(extra[0]):
+            idx, lab = extra[0].numpy(), extra[1].numpy()
+            pool = Pool(np.concatenate([pool.split, np.ones(len(idx), np.int64)]),
+                        np.concatenate([pool.index, idx]), np.concatenate([pool.label, lab]))
+        streams = [Stream(pool, LABELED, cfg.batch_size)]
+        views = {LABELED: [make_transform(cfg.augment)]}
+        if self.unlabeled is not None:
+            splits.append(self.unlabeled)
+            if self.strategy.unlabeled_views:
+                n = len(self.unlabeled)
+                streams.append(Stream(Pool(np.ones(n, np.int64), np.arange(n), np.full(n, -1)), UNLABELED, cfg.batch_size * cfg.mu))
+                views[UNLABELED] = [make_transform("weak" if v == "weak" else cfg.strong) for v in self.strategy.unlabeled_views]
+        dataset = ShardImages(splits, cfg.image_size, views)
+        sampler = StepSampler(streams, cfg.seed, self.info.rank, self.info.world, start, cfg.steps)
+        return iter(make_loader(dataset, sampler, self.workers, self.use_cuda))
+
+    # --- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "best": dict(self.best),
+            "restarts": self.restarts,
+            "elapsed_s": self.elapsed_s + (time.time() - self._t_start),
+            "num_classes": self.manifest.num_classes,
+            "model_name": self.cfg.model,
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_classes") != self.manifest.num_classes or state.get("model_name") != self.cfg.model:
+            raise UserError(f"{self.ckpt_dir}: checkpoint is for model {state.get('model_name')} with "
+                            f"{state.get('num_classes')} classes, this run has {self.cfg.model} with {self.manifest.num_classes}")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.step = int(state["step"])
+        self.best = dict(state["best"])
+        self.restarts = int(state["restarts"]) + 1
+        self.elapsed_s = float(state["elapsed_s"])
+
+    def save(self) -> None:
+        if self.info.is_main:
+            checkpoint.save(self.ckpt_dir, self.state_dict())
+        distributed.barrier()
+
+    # --- the loop ----------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._t_start = time.time()
+        if self.info.is_main:
+            self._claim_run_dir()
+        distributed.barrier()
+        finished = self.run_dir / "result.json"
+        if finished.exists():
+            log.info("%s is finished; not training again", self.run_dir)
+            return json.loads(finished.read_text())
+        state, note = checkpoint.load_latest(self.ckpt_dir)
+        if note:
+            log.warning("%s", note)
+        if state is not None:
+            self.load_state_dict(state)
+            log.info("resumed %s at step %d (restart %d)", self.run_dir, self.step, self.restarts)
+        self.runlog = RunLog(self.run_dir, self.step) if self.info.is_main else None
+        it = self._loader(self.step)
+        t_log, n_img = time.time(), 0
+        last_saved = self.step if state is not None else -1
+        with StopSignals() as stop:
+            while self.step < cfg.steps:
+                if self.strategy.labeling_due(self.step):
+                    self._labeling_pass()
+                    it = self._loader(self.step)
+                seed_step(cfg.seed, self.step, self.info.rank)
+                raw = next(it)
+                batch = self._batch(raw)
+                info = StepInfo(self.step, self.step / self.epoch_steps)
+                autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+                with autocast:
+                    loss, logs = self.strategy.compute_loss(self.net, batch, info)
+                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item())],
+                                                         device=self.device))
+                if flags[0] > 0:
+                    if last_saved != self.step:
+                        self.save()
+                    self._close_log()
+                    self._stop(int(flags[0].item()), stop)
+                if flags[1] > 0:
+                    self._close_log()
+                    raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
+                                        f"checkpoint is kept: resume with a lower lr= (now {cfg.lr})")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.sched.step()
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
+                self.step += 1
+                n_img += sum(v.shape[0] for k, v in raw.items() if k in ("x", "u_weak", "u_strong")) * self.info.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.time()
+                    self._log_train(loss, logs, n_img / max(now - t_log, 1e-9))
+                    t_log, n_img = now, 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    self._evaluate()
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save()
+                    last_saved = self.step
+        return self._finish()
+
+    def _batch(self, raw: dict[str, Tensor]) -> Batch:
+        dev = self.device
+        return Batch(
+            x=self.prepare(raw["x"]), y=raw["y"].to(dev), y_index=raw["y_index"].to(dev),
+            u_weak=self.prepare(raw["u_weak"]) if "u_weak" in raw else None,
+            u_strong=self.prepare(raw["u_strong"]) if "u_strong" in raw else None,
+            u_index=raw["u_index"].to(dev) if "u_index" in raw else None,
+            u_truth=raw["u_truth"].to(dev) if "u_truth" in raw else None,
+        )
+
+    def _stop(self, signum: int, stop: StopSignals) -> None:
+        handler = stop.submitit_handler()
+        if signum == signal.SIGUSR2 and handler is not None:
+            if self.info.is_main:
+                log.warning("USR2 at step %d: state saved; handing over to submitit to requeue", self.step)
+                handler(signum, None)  # checkpoint() + requeue + exit
+            time.sleep(120)  # other ranks wait to be ended by the requeue
+        raise Interrupted(signum, self.step)
+
+    def _labeling_pass(self) -> None:
+        assert self.unlabeled is not None
+        model = self.ema.module if self.ema is not None else self.model
+        idx, probs = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size, self.cfg.batch_size * 4,
+                                   self.workers, self.info, self.device)
+        self.strategy.on_labeling(idx, probs, self.step)
+
+    def _log_train(self, loss: Tensor, logs: dict[str, Tensor], images_per_s: float) -> None:
+        values = {"loss": loss.detach().float()}
+        hists = {}
+        for k, v in logs.items():
+            v = v.detach().float()
+            if v.dim() == 0:
+                values[k] = v
+            else:
+                hists[k] = distributed.all_sum(v.clone())
+        keys = sorted(values)
+        stacked = distributed.all_sum(torch.stack([values[k].to(self.device) for k in keys])) / self.info.world
+        if self.runlog is not None:
+            scalars = {k: float(v) for k, v in zip(keys, stacked.tolist())}
+            scalars["lr"] = self.opt.param_groups[0]["lr"]
+            scalars["images_per_s"] = images_per_s
+            scalars["epoch"] = self.step / self.epoch_steps
+            self.runlog.scalars(self.step, scalars, "train")
+            for k, v in hists.items():
+                self.runlog.histogram(self.step, f"train/{k}", v.cpu())
+            log.info("step %d/%d loss %.4f %s", self.step, self.cfg.steps, scalars["loss"],
+                     " ".join(f"{k} {v:.3g}" for k, v in scalars.items() if k not in ("loss",)))
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate(self) -> EvalResult | None:
+        split = self.val if self.val is not None else None
+        if split is None:
+            return None
+        res = evaluate(self._eval_model(), split, self.manifest.num_classes, self.prepare, self.cfg.image_size,
+                       self.cfg.batch_size * 4, self.workers, self.info, self.device)
+        if res.acc > self.best["val_acc"]:
+            self.best = {"val_acc": res.acc, "step": self.step}
+            if self.info.is_main:
+                state = {"step": self.step, "model": self.model.state_dict(), "num_classes": self.manifest.num_classes,
+                         "model_name": self.cfg.model, "classes": self.manifest.classes,
+                         "ema": self.ema.module.state_dict() if self.ema is not None else None, "val_acc": res.acc}
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.ckpt_dir / ".best.pt.tmp"
+                torch.save(state, tmp)
+                checkpoint.atomic_write_bytes(self.ckpt_dir / "best.pt", tmp.read_bytes())
+                tmp.unlink()
+        if self.runlog is not None:
+            self.runlog.scalars(self.step, {"acc": res.acc, "loss": res.loss, "count": res.count,
+                                            "best_acc": self.best["val_acc"]}, "val")
+            self.runlog.confusion(self.step, res.confusion, self.manifest.classes)
+            log.info("step %d val acc %.4f loss %.4f (%d samples)", self.step, res.acc, res.loss, res.count)
+        self.last_val = res
+        return res
+
+    def _close_log(self) -> None:
+        if getattr(self, "runlog", None) is not None:
+            self.runlog.close()
+            self.runlog = None
+
+    def _finish(self) -> dict[str, Any]:
+        cfg = self.cfg
+        val = getattr(self, "last_val", None) or self._evaluate()
+        test_acc = None
+        if self.test is not None and (self.test.label >= 0).all() and len(self.test):
+            res = evaluate(self._eval_model(), self.test, self.manifest.num_classes, self.prepare, cfg.image_size,
+                           cfg.batch_size * 4, self.workers, self.info, self.device)
+            test_acc = res.acc
+        result = {
+            "strategy": cfg.strategy, "model": cfg.model, "seed": cfg.seed, "steps": self.step,
+            "val_acc": val.acc if val else None, "val_loss": val.loss if val else None,
+            "best_val_acc": self.best["val_acc"], "best_step": self.best["step"], "test_acc": test_acc,
+            "weights_sha256": checkpoint.weights_sha256(self.model.state_dict()),
+            "restarts": self.restarts, "world_size": self.info.world, "device": str(self.device),
+            "elapsed_s": round(self.elapsed_s + time.time() - self._t_start, 2),
+        }
+        if self.runlog is not None:
+            metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),
+                                         ("test_acc", test_acc)) if v is not None}
+            self.runlog.hparams({k: getattr(cfg, k) for k in ("strategy", "model", "threshold", "frozen", "seed", "lr",
+                                                               "batch_size", "mu", "steps", "pretrained")}, metrics)
+        self._close_log()
+        if self.info.is_main:
+            checkpoint.atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        distributed.barrier()
+        return result
+
+    def _claim_run_dir(self) -> None:
+        """Create the run folder, or check that the one there holds this same run."""
+        path = self.run_dir / "config.yaml"
+        mine = save_config(self.cfg)
+        if path.exists():
+            theirs = yaml.safe_load(path.read_text()) or {}
+            ours = yaml.safe_load(mine)
+            differ = [k for k in ours if k not in ("workers", "threads", "device") and theirs.get(k) != ours[k]]
+            if differ:
+                k = differ[0]
+                raise UserError(f"{self.run_dir} holds a run with {k}={theirs.get(k)!r}, not {ours[k]!r}; "
+                                f"choose another sweep= or name= (nothing was changed)")
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(path, mine)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train one run to its end (or to a stop signal); resumes from its folder's checkpoint."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not cfg.data:
+        from sslrun.data.digits import ensure_digits
+
+        cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.shutdown()

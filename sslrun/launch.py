@@ -1,0 +1,222 @@
+"""submitit glue: expand a sweep, check every run, and send them as one job array.
+
+Everything that can be wrong with a run (a typo in a key, a model timm does not know, a data
+folder that is not a shard set) is found here, on the login node, before anything waits in
+a queue. Resubmitting the same sweep is safe: finished runs are skipped, unfinished ones
+resume from their checkpoints, and nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from sslrun.config import ALIASES, Config, make_config, parse_overrides
+from sslrun.data.manifest import read_manifest
+from sslrun.errors import UserError
+
+
+def parse_array(items: list[str]) -> list[dict[str, str]]:
+    """`["seeds=42,43", "strategy=a,b"]` -> the cartesian product, in the order given."""
+    axes: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = ALIASES.get(key.strip(), key.strip())
+        vals = [v.strip() for v in values.split(",")]
+        if not sep or not key or not values or any(v == "" for v in vals):
+            raise UserError(f"--array {item!r}: expected key=v1,v2,... with no empty value")
+        if key in (k for k, _ in axes):
+            raise UserError(f"--array {item!r}: key '{key}' is given twice")
+        parse_overrides([f"{key}={vals[0]}"])  # the key must exist
+        axes.append((key, vals))
+    if not axes:
+        return [{}]
+    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def run_state(cfg: Config) -> str:
+    run_dir = cfg.run_dir()
+    if (run_dir / "result.json").exists():
+        return "done"
+    if (run_dir / "ckpt" / "last.pt").exists() or (run_dir / "ckpt" / "prev.pt").exists():
+        return "partial"
+    return "new"
+
+
+def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict[str, str]] | None = None) -> list[Config]:
+    """Every run's Config, checked; the data set is read once to catch a bad folder early."""
+    base = parse_overrides(overrides)
+    combos = parse_array(array)
+    rows = sweep_overrides or [{}]
+    configs, seen = [], set()
+    for row in rows:
+        for combo in combos:
+            cfg = make_config({**row, **base, **combo})
+            if cfg.name in seen:
+                continue
+            seen.add(cfg.name)
+            configs.append(cfg)
+    for cfg in configs:
+        check_data(cfg)
+    return configs
+
+
+def check_data(cfg: Config) -> None:
+    """Resolve the embedded data set, and check that the run's strategy finds what it needs."""
+    from sslrun.strategies import create_strategy
+
+    if not cfg.data:
+        from sslrun.data.digits import ensure_digits
+
+        cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
+    manifest = read_manifest(cfg.data)
+    strategy = create_strategy(cfg, manifest.num_classes)
+    if strategy.unlabeled_views and "unlabeled" not in manifest.splits:
+        raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """What each task of a SLURM array element runs; requeued with its arguments on USR2."""
+
+    def __call__(self, cfg_dict: dict[str, Any]) -> dict[str, Any]:
+        from sslrun.engine import run
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return run(Config(**cfg_dict))
+
+
+@dataclass
+class ClusterOptions:
+    cluster: str = "auto"  # auto | slurm | local
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "24:00:00"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 0  # 0 = gpus_per_node (one rank per GPU), or 1 without GPUs
+    cpus_per_task: int = 0
+    mem: str = ""
+    constraint: str = ""
+    exclude: str = ""
+    array_parallelism: int = 0
+    name: str = "sslrun"
+    signal_delay_s: int = 120
+    max_requeues: int = 1000
+    sbatch: list[str] = field(default_factory=list)  # extra sbatch options, key=value
+
+    def resolved_cluster(self) -> str:
+        if self.cluster == "auto":
+            return "slurm" if shutil.which("sbatch") else "local"
+        if self.cluster not in ("slurm", "local"):
+            raise UserError(f"--cluster {self.cluster}: expected auto, slurm or local")
+        if self.cluster == "slurm" and not shutil.which("sbatch"):
+            raise UserError("--cluster slurm: sbatch is not on PATH")
+        return self.cluster
+
+
+def parse_minutes(text: str) -> int:
+    """SLURM's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S -> whole minutes."""
+    try:
+        if "-" in text:
+            days, rest = text.split("-", 1)
+            h, m, s = ([int(p) for p in rest.split(":")] + [0, 0])[:3]
+            seconds = ((int(days) * 24 + h) * 60 + m) * 60 + s
+        else:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError(text)
+            seconds = {1: lambda: parts[0] * 60, 2: lambda: parts[0] * 60 + parts[1],
+                       3: lambda: (parts[0] * 60 + parts[1]) * 60 + parts[2]}[len(parts)]()
+    except ValueError:
+        raise UserError(f"--time {text!r}: expected minutes, HH:MM:SS or D-HH:MM:SS") from None
+    if seconds <= 0:
+        raise UserError(f"--time {text!r}: expected a positive duration")
+    return -(-seconds // 60)
+
+
+def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
+    tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
+    params: dict[str, Any] = {
+        "name": opts.name,
+        "timeout_min": parse_minutes(opts.time),
+        "nodes": opts.nodes,
+        "tasks_per_node": tasks,
+        "gpus_per_node": opts.gpus_per_node,
+        "slurm_signal_delay_s": opts.signal_delay_s,
+        "slurm_max_num_timeout": opts.max_requeues,
+    }
+    if opts.cpus_per_task:
+        params["cpus_per_task"] = opts.cpus_per_task
+    if opts.mem:
+        params["slurm_mem"] = opts.mem
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if getattr(opts, key):
+            params[f"slurm_{key}"] = getattr(opts, key)
+    if opts.array_parallelism:
+        params["slurm_array_parallelism"] = opts.array_parallelism
+    extra = {}
+    for item in opts.sbatch:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--sbatch {item!r}: expected option=value, e.g. --sbatch mail-type=END")
+        extra[key.lstrip("-").replace("-", "_")] = value
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:
+    cluster = opts.resolved_cluster()
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    executor.update_parameters(**executor_parameters(opts))
+    return executor
+
+
+def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, submitit.Job]]:
+    """Send the runs that are not finished as one array; finished runs are left alone."""
+    todo = [c for c in configs if run_state(c) != "done"]
+    if not todo:
+        return []
+    folder = Path(todo[0].root) / todo[0].sweep / ".submitit"
+    executor = make_executor(folder, opts)
+    jobs: list[submitit.Job] = []
+    with executor.batch():
+        for cfg in todo:
+            jobs.append(executor.submit(TrainJob(), cfg.to_dict()))
+    return list(zip(todo, jobs))
+
+
+def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, str]:
+    """Wait for every job to end; returns run name -> "ok" or the job's error, one line."""
+    start = time.time()
+    outcome: dict[str, str] = {}
+    pending = list(jobs)
+    while pending:
+        still = []
+        for cfg, job in pending:
+            if job.done():
+                try:
+                    job.result()
+                    outcome[cfg.name] = "ok"
+                except Exception as err:  # noqa: BLE001 - the job's failure, reported per run
+                    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+                    outcome[cfg.name] = lines[-1][:300] if lines else type(err).__name__
+            else:
+                still.append((cfg, job))
+        pending = still
+        if pending:
+            if timeout_s is not None and time.time() - start > timeout_s:
+                for cfg, job in pending:
+                    outcome[cfg.name] = f"still running after {timeout_s:.0f} s (job {job.job_id})"
+                break
+            time.sleep(poll_s)
+    return outcome

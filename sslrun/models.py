@@ -1,0 +1,70 @@
+"""timm backbones by name: creation, pretrained weights from a tag or a file, freezing.
+
+Compute nodes are often offline, so `pretrained=` takes a local file as well as a timm tag;
+`jobs/prefetch_weights.py` fills the cache on a login node.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from sslrun.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def check_model_name(name: str) -> None:
+    base = name.split(".", 1)[0]
+    if not timm.is_model(base):
+        close = timm.list_models(f"*{base[:6]}*")[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"model={name}: not a timm model{hint}")
+
+
+def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool = False) -> nn.Module:
+    """A timm model with a fresh `num_classes` head; `frozen` trains the head alone."""
+    check_model_name(name)
+    use_tag = pretrained not in ("", "none") and not Path(pretrained).is_file()
+    model_name = name
+    if use_tag and pretrained != "timm":
+        model_name = f"{name.split('.', 1)[0]}.{pretrained}"
+    try:
+        model = timm.create_model(model_name, pretrained=use_tag, num_classes=num_classes)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise UserError(f"model={name} pretrained={pretrained}: cannot load weights ({str(err).splitlines()[0][:160]})") from None
+    if pretrained and Path(pretrained).is_file():
+        load_backbone_weights(model, Path(pretrained))
+    if frozen:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: Path) -> None:
+    """Load a state_dict file, skipping the classifier when its class count differs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"pretrained={path}: cannot read weights ({type(err).__name__}: {str(err)[:120]})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not keep:
+        raise UserError(f"pretrained={path}: no tensor matches model {type(model).__name__}")
+    missing = sorted(set(own) - set(keep))
+    model.load_state_dict(keep, strict=False)
+    log.info("loaded %d tensors from %s; %d left at init (%s)", len(keep), path, len(missing), ", ".join(missing[:4]))
+
+
+def data_config(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation mean and std the backbone was trained with."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return tuple(cfg["mean"]), tuple(cfg["std"])
