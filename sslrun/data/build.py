@@ -1,0 +1,673 @@
+"""Build a shard set (tar shards + manifest.json) from folders of images.
+
+The build runs in three steps, and only the last touches `out`:
+1. Scan the input folders (names and sizes, no image bytes) and catch every fatal user
+   mistake (empty class folder, two files with one id, unknown test class) before anything
+   is written.
+2. Plan: split the labeled set per class by seed (val, labeled train, hidden-label
+   unlabeled), shuffle each split by seed and cut it into shards. The plan depends only on
+   the inputs and the parameters, so its digest names the build: the same command run again
+   (after a crash or Ctrl-C) finds the same plan in `out` and resumes.
+3. Write the shards (in parallel with `workers`): each shard reads its files in directory
+   order (never in random order: that is ~3x slower on a cold disk), checks each image
+   cheaply, and writes the samples in the planned (shuffled) order to a temporary file that
+   is renamed when complete. A journal in `out` records every finished shard with its
+   sha256; a rerun skips shards whose file still has that sha256. Bad files are skipped and
+   listed in `rejects.tsv`. `_info.json` and `manifest.json` are written last, atomically;
+   `manifest.json` is the mark of a finished build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sslrun.data.images import BadImage, check_image, shrink
+from sslrun.data.manifest import FORMAT, ShardEntry
+from sslrun.data.shard_writer import END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
+from sslrun.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = ".build-plan.json"
+JOURNAL_FILE = ".build-journal.jsonl"
+REJECTS_FILE = "rejects.tsv"
+MAX_KEY = 80
+SPLIT_ORDER = ("train", "val", "unlabeled", "test")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file as planned: where it is, its sample key, and its labels."""
+
+    path: str  # as found under the input folder given by the user
+    id: str  # file name without its extension
+    key: str  # sample key in the shard (id made safe: no '.', ASCII)
+    order: int  # position in directory-scan order: files are read in this order
+    size: int  # bytes on disk, for shard-by-bytes planning
+    label: int | None = None  # class index written as `<key>.cls` (labeled splits)
+    hidden: int | None = None  # true class kept only in the manifest (unlabeled split)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    out: str
+    split: str
+    index: int
+    sources: tuple[Source, ...]
+    max_side: int | None
+
+    @property
+    def file(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+
+# ---------------------------------------------------------------------------- scanning
+
+
+class _Scan:
+    """Lists folders in directory order, numbering files in the order they are met."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+
+    def entries(self, folder: Path) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+        """(sub-folders, files) of `folder`, hidden names (starting with '.') left out."""
+        try:
+            with os.scandir(folder) as it:
+                found = [e for e in it if not e.name.startswith(".")]
+        except FileNotFoundError:
+            raise UserError(f"input folder {folder} does not exist") from None
+        except NotADirectoryError:
+            raise UserError(f"input {folder} is not a folder") from None
+        except PermissionError:
+            raise UserError(f"input folder {folder} cannot be read (permission denied)") from None
+        dirs, files = [], []
+        for e in found:
+            (dirs if e.is_dir() else files).append(e)
+        return dirs, files
+
+    def files(self, folder: Path) -> list[tuple[str, int, int]]:
+        """(path, order, size) of the files in `folder`, sorted by name (for determinism)."""
+        _, files = self.entries(folder)
+        rows = []
+        for e in files:
+            try:
+                size = e.stat().st_size
+            except OSError:
+                size = 0  # unreadable entry: planned anyway, rejected when read
+            rows.append((e.path, self.counter, size))
+            self.counter += 1
+        rows.sort(key=lambda r: os.path.basename(r[0]))
+        return rows
+
+
+def _file_id(path: str) -> str:
+    name = os.path.basename(path)
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
+
+
+class _Keys:
+    """Turns file ids into unique safe sample keys within one namespace; duplicates are fatal."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.ids: dict[str, str] = {}
+        self.keys: set[str] = set()
+
+    def key(self, path: str) -> tuple[str, str]:
+        fid = _file_id(path)
+        if fid in self.ids:
+            raise UserError(
+                f"two {self.what} files have the id '{fid}': {self.ids[fid]} and {path} (ids must be unique)"
+            )
+        self.ids[fid] = path
+        key = _KEY_BAD.sub("_", fid)[:MAX_KEY] or "_"
+        if key in self.keys:
+            key = f"{key[: MAX_KEY - 9]}_{hashlib.sha1(fid.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+        if key in self.keys:
+            raise UserError(f"cannot make a unique sample key for {path}")
+        self.keys.add(key)
+        return fid, key
+
+
+def _scan_classes(scan: _Scan, folder: Path, what: str) -> tuple[list[str], list[list[tuple[str, int, int]]]]:
+    dirs, files = scan.entries(folder)
+    if files and dirs:
+        raise UserError(f"{what} folder {folder} has both class sub-folders and loose files (e.g. {files[0].name})")
+    if not dirs:
+        raise UserError(f"{what} folder {folder} has no class sub-folders")
+    names = sorted(d.name for d in dirs)
+    per_class = []
+    for name in names:
+        rows = scan.files(folder / name)
+        if not rows:
+            raise UserError(f"class folder {folder / name} is empty")
+        per_class.append(rows)
+    return names, per_class
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def _rng(seed: int, *what: str) -> random.Random:
+    """A generator per purpose, so one split's draw never shifts another's."""
+    return random.Random(":".join(["sslrun-shards", str(seed), *what]))
+
+
+def _cut(sources: list[Source], shard_samples: int, shard_bytes: int | None) -> list[list[Source]]:
+    """Cut a split into shards of at most `shard_samples` samples and about `shard_bytes` bytes
+    (planned from file sizes on disk; a shrunk or rejected image only makes a shard smaller)."""
+    shards: list[list[Source]] = []
+    cur: list[Source] = []
+    cur_bytes = len(END_OF_ARCHIVE)
+    for s in sources:
+        size = member_size(s.size)
+        if s.label is not None:
+            size += member_size(len(str(s.label)))
+        if s.key != s.id:
+            size += member_size(len(s.id.encode("utf-8", "surrogateescape")))
+        if cur and (len(cur) >= shard_samples or (shard_bytes is not None and cur_bytes + size > shard_bytes)):
+            shards.append(cur)
+            cur, cur_bytes = [], len(END_OF_ARCHIVE)
+        cur.append(s)
+        cur_bytes += size
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+@dataclass
+class Plan:
+    classes: list[str]
+    splits: dict[str, list[list[Source]]]  # split -> shards -> sources
+    labeled: dict[str, bool]
+    params: dict[str, Any]
+    digest: str = ""
+
+    def tasks(self, out: Path, max_side: int | None) -> list[ShardTask]:
+        return [
+            ShardTask(str(out), split, i, tuple(srcs), max_side)
+            for split in SPLIT_ORDER
+            for i, srcs in enumerate(self.splits.get(split, []))
+        ]
+
+
+def make_plan(
+    labeled: Path,
+    unlabeled: Path | None,
+    test: Path | None,
+    *,
+    val_per_class: int | None,
+    val_fraction: float | None,
+    labels_per_class: int | None,
+    seed: int,
+    shard_samples: int,
+    shard_bytes: int | None,
+    max_side: int | None,
+) -> Plan:
+    """Scan the inputs and decide every sample's split, shard and position; writes nothing."""
+    scan = _Scan()
+    classes, per_class = _scan_classes(scan, labeled, "labeled")
+    keys = _Keys("labeled/unlabeled")
+    splits: dict[str, list[Source]] = {"train": [], "val": [], "unlabeled": []}
+    for ci, (name, rows) in enumerate(zip(classes, per_class)):
+        srcs = []
+        for path, order, size in rows:
+            fid, key = keys.key(path)
+            srcs.append(Source(path, fid, key, order, size))
+        _rng(seed, "split", name).shuffle(srcs)
+        n = len(srcs)
+        n_val = val_per_class if val_per_class is not None else round((val_fraction or 0.0) * n)
+        n_train = labels_per_class if labels_per_class is not None else n - n_val
+        if n_val + n_train > n or n_train < 1:
+            need = f"{n_val} for val + {labels_per_class if labels_per_class is not None else 1} labeled"
+            raise UserError(f"class '{name}' has {n} images, too few for {need}")
+        splits["val"] += [_with(s, label=ci) for s in srcs[:n_val]]
+        splits["train"] += [_with(s, label=ci) for s in srcs[n_val : n_val + n_train]]
+        splits["unlabeled"] += [_with(s, hidden=ci) for s in srcs[n_val + n_train :]]
+    if unlabeled is not None:
+        dirs, _ = scan.entries(unlabeled)
+        if dirs:
+            raise UserError(f"unlabeled folder {unlabeled} has sub-folders (e.g. {dirs[0].name}); expected loose images")
+        for path, order, size in scan.files(unlabeled):
+            fid, key = keys.key(path)
+            splits["unlabeled"].append(Source(path, fid, key, order, size, hidden=-1 if labels_per_class else None))
+    labeled_flags = {"train": True, "val": True, "unlabeled": False}
+    if test is not None:
+        tkeys = _Keys("test")
+        dirs, files = scan.entries(test)
+        if dirs and files:
+            raise UserError(f"test folder {test} has both class sub-folders and loose files (e.g. {files[0].name})")
+        if dirs:
+            names, rows_per = _scan_classes(scan, test, "test")
+            unknown = [n for n in names if n not in classes]
+            if unknown:
+                raise UserError(f"test folder {test} has class '{unknown[0]}' that the labeled folder lacks")
+            splits["test"] = [
+                Source(p, *tkeys.key(p), o, sz, label=classes.index(n))
+                for n, rows in zip(names, rows_per)
+                for p, o, sz in rows
+            ]
+            labeled_flags["test"] = True
+        else:
+            splits["test"] = [Source(p, *tkeys.key(p), o, sz) for p, o, sz in scan.files(test)]
+            labeled_flags["test"] = False
+    if labels_per_class is None and unlabeled is None:
+        del splits["unlabeled"]
+    if not splits["val"]:
+        del splits["val"]
+    if "unlabeled" in splits and splits["unlabeled"] and all(s.hidden == -1 for s in splits["unlabeled"]):
+        splits["unlabeled"] = [_with(s, hidden=None) for s in splits["unlabeled"]]
+    shards = {}
+    for name, srcs in splits.items():
+        _rng(seed, "order", name).shuffle(srcs)
+        shards[name] = _cut(srcs, shard_samples, shard_bytes)
+    params = {
+        "labeled": str(labeled),
+        "unlabeled": None if unlabeled is None else str(unlabeled),
+        "test": None if test is None else str(test),
+        "val_per_class": val_per_class,
+        "val_fraction": val_fraction,
+        "labels_per_class": labels_per_class,
+        "seed": seed,
+        "shard_samples": shard_samples,
+        "shard_bytes": shard_bytes,
+        "max_side": max_side,
+    }
+    plan = Plan(classes, shards, {k: labeled_flags[k] for k in shards}, params)
+    h = hashlib.sha256(json.dumps({"params": params, "classes": classes}, sort_keys=True).encode())
+    for name in SPLIT_ORDER:
+        for i, srcs in enumerate(shards.get(name, [])):
+            h.update(f"\n{name}-{i}".encode())
+            for s in srcs:
+                h.update(f"\n{s.path}\t{s.key}\t{s.size}\t{s.label}\t{s.hidden}".encode("utf-8", "surrogateescape"))
+    plan.digest = h.hexdigest()
+    return plan
+
+
+def _with(s: Source, **kw: Any) -> Source:
+    d = asdict(s)
+    d.update(kw)
+    return Source(**d)
+
+
+# ---------------------------------------------------------------------------- writing
+
+_progress: Any = None  # a multiprocessing Value in pool workers, a callable in-process
+
+
+def _init_worker(counter: Any) -> None:
+    global _progress
+    _progress = counter
+
+
+def _tick(n: int) -> None:
+    p = _progress
+    if p is None:
+        return
+    if callable(p):
+        p(n)
+    else:
+        with p.get_lock():
+            p.value += n
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_shard(task: ShardTask) -> dict[str, Any]:
+    """Read, check and write one planned shard; returns its entry, rejects and class counts."""
+    data: dict[int, tuple[str, bytes]] = {}
+    rejects: list[tuple[str, str]] = []
+    done = 0
+    for pos, s in sorted(enumerate(task.sources), key=lambda ps: ps[1].order):
+        try:
+            raw = _read(s.path)
+            ext, w, h = check_image(raw)
+            if task.max_side is not None and max(w, h) > task.max_side:
+                raw, ext = shrink(raw, ext, task.max_side)
+            data[pos] = (ext, raw)
+        except OSError as err:
+            rejects.append((s.path, f"cannot read: {err.strerror or type(err).__name__}"))
+        except BadImage as err:
+            rejects.append((s.path, str(err)))
+        done += 1
+        if done % 256 == 0:
+            _tick(256)
+    _tick(done % 256)
+    shard = TarShard(Path(task.out) / task.file)
+    try:
+        hidden: list[int] | None = [] if task.sources and task.sources[0].hidden is not None else None
+        per_class: dict[int, int] = {}
+        for pos, s in enumerate(task.sources):
+            if pos not in data:
+                continue
+            ext, raw = data.pop(pos)
+            members = {ext: raw}
+            if s.label is not None:
+                members["cls"] = str(s.label).encode()
+                per_class[s.label] = per_class.get(s.label, 0) + 1
+            if s.key != s.id:
+                members["id"] = s.id.encode("utf-8", "surrogateescape")
+            shard.add(s.key, members)
+            if hidden is not None:
+                assert s.hidden is not None
+                hidden.append(s.hidden)
+        entry = shard.commit(hidden)
+    except BaseException:
+        shard.abort()
+        raise
+    return {"entry": asdict(entry), "rejects": rejects, "per_class": per_class, "split": task.split}
+
+
+# ---------------------------------------------------------------------------- the build
+
+
+def parse_size(text: str) -> int:
+    """'1G', '500M', '64k', '1000' -> bytes (binary units: 1K = 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise UserError(f"size {text!r} not understood (expected e.g. 500M, 1G, 65536)")
+    mult = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    value = int(float(m.group(1)) * mult)
+    if value < 10 * 1024:
+        raise UserError(f"shard size {text!r} is too small (at least 10K)")
+    return value
+
+
+def _check_args(
+    labeled: Any, val_per_class: Any, val_fraction: Any, labels_per_class: Any, shard_samples: Any,
+    shard_bytes: Any, workers: Any, max_side: Any,
+) -> None:
+    if labeled is None:
+        raise UserError("a labeled folder is needed (--labeled DIR): it gives the classes and the train split")
+    if val_per_class is not None and val_fraction is not None:
+        raise UserError("give --val-per-class or --val-fraction, not both")
+    if val_per_class is not None and val_per_class < 0:
+        raise UserError(f"--val-per-class must be >= 0, got {val_per_class}")
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if labels_per_class is not None and labels_per_class < 1:
+        raise UserError(f"--labels-per-class must be >= 1, got {labels_per_class}")
+    if shard_samples < 1:
+        raise UserError(f"--shard-samples must be >= 1, got {shard_samples}")
+    if shard_bytes is not None and shard_bytes < 10 * 1024:
+        raise UserError(f"--shard-bytes must be at least 10K, got {shard_bytes}")
+    if workers < 1:
+        raise UserError(f"-j must be >= 1, got {workers}")
+    if max_side is not None and max_side < 1:
+        raise UserError(f"--max-side must be >= 1, got {max_side}")
+
+
+def _remove_tmp(out: Path) -> None:
+    """Remove temporary files a crashed or interrupted build left (never a final name)."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+            p.unlink(missing_ok=True)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
+    """Make `out` ready; return the finished manifest if this very build is already there."""
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("build", {}).get("plan_sha256") == plan.digest:
+            return old
+        raise UserError(f"{out} already holds a different shard set; choose another --out")
+    plan_path = out / PLAN_FILE
+    if plan_path.is_file():
+        try:
+            old_digest = json.loads(plan_path.read_text()).get("plan_sha256")
+        except (OSError, ValueError):
+            old_digest = None
+        if old_digest != plan.digest:
+            raise UserError(
+                f"{out} holds an unfinished build of other inputs or parameters; "
+                "rerun that exact command to finish it, or choose another --out"
+            )
+        _remove_tmp(out)
+        return None
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder")
+        if any(out.iterdir()):
+            raise UserError(f"--out {out} is not empty; choose a new folder (nothing is deleted to make room)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(plan_path, json.dumps({"plan_sha256": plan.digest, "params": plan.params}, indent=1).encode())
+    return None
+
+
+def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, dict[str, Any]]:
+    """Finished shards of this plan whose file still has its recorded sha256."""
+    path = out / JOURNAL_FILE
+    if not path.is_file():
+        return {}
+    wanted = {t.file for t in tasks}
+    done: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted:
+            continue
+        rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
+        done[rec["entry"]["file"]] = rec
+    good = {}
+    for file, rec in done.items():
+        p = out / file
+        if p.is_file() and p.stat().st_size == rec["entry"]["bytes"] and _file_sha256(p) == rec["entry"]["sha256"]:
+            good[file] = rec
+        else:
+            log.warning("shard %s differs from the journal: writing it again", file)
+    return good
+
+
+def _run_tasks(
+    tasks: list[ShardTask], workers: int, on_done: Callable[[dict[str, Any]], None], progress: bool, total: int,
+    initial: int,
+) -> None:
+    """Write the shards, `workers` at a time; `on_done` runs in this process for each."""
+    global _progress
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, desc="shards", smoothing=0.05)
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            _progress = bar.update if bar is not None else None
+            try:
+                for t in tasks:
+                    on_done(write_shard(t))
+            finally:
+                _progress = None
+            return
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        counter = ctx.Value("q", 0)
+        seen = 0
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+            try:
+                pending = [pool.apply_async(write_shard, (t,)) for t in tasks]
+                while pending:
+                    pending[0].wait(0.2)
+                    still = []
+                    for r in pending:
+                        if r.ready():
+                            on_done(r.get())
+                        else:
+                            still.append(r)
+                    pending = still
+                    if bar is not None:
+                        now = counter.value
+                        bar.update(now - seen)
+                        seen = now
+            except BaseException:
+                pool.terminate()
+                pool.join()
+                raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def build_shards(
+    out,
+    labeled=None,
+    unlabeled=None,
+    test=None,
+    *,
+    val_per_class=None,
+    val_fraction=None,
+    labels_per_class=None,
+    seed=0,
+    shard_samples=10000,
+    shard_bytes=None,
+    workers=1,
+    max_side=None,
+    progress=False,
+) -> dict:
+    """Build (or finish building) a shard set in `out`; returns the manifest dict it wrote.
+
+    Same inputs and parameters give byte-identical shards and manifest, whatever `workers`.
+    Rerunning after a crash resumes: finished shards are kept (checked by sha256), partial
+    ones removed. User mistakes raise UserError before anything is written to `out`.
+    """
+    _check_args(labeled, val_per_class, val_fraction, labels_per_class, shard_samples, shard_bytes, workers, max_side)
+    out = Path(out)
+    t0 = time.monotonic()
+    plan = make_plan(
+        Path(labeled),
+        None if unlabeled is None else Path(unlabeled),
+        None if test is None else Path(test),
+        val_per_class=val_per_class,
+        val_fraction=val_fraction,
+        labels_per_class=labels_per_class,
+        seed=seed,
+        shard_samples=shard_samples,
+        shard_bytes=shard_bytes,
+        max_side=max_side,
+    )
+    n_total = sum(len(s) for shards in plan.splits.values() for s in shards)
+    log.info("planned %d samples in %d shards (%.1f s)", n_total, sum(map(len, plan.splits.values())), time.monotonic() - t0)
+    finished = _prepare_out(out, plan)
+    if finished is not None:
+        log.info("%s already holds this build; nothing to do", out)
+        (out / PLAN_FILE).unlink(missing_ok=True)
+        (out / JOURNAL_FILE).unlink(missing_ok=True)
+        return finished
+    tasks = plan.tasks(out, max_side)
+    results = _load_journal(out, plan, tasks)
+    if results:
+        log.info("resuming: %d of %d shards already complete", len(results), len(tasks))
+    todo = [t for t in tasks if t.file not in results]
+    journal = open(out / JOURNAL_FILE, "a")
+
+    def on_done(res: dict[str, Any]) -> None:
+        res = {"plan": plan.digest, **res}
+        results[res["entry"]["file"]] = res
+        journal.write(json.dumps(res) + "\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+
+    initial = sum(len(t.sources) for t in tasks if t.file in results)
+    try:
+        _run_tasks(todo, workers, on_done, progress, n_total, initial)
+    finally:
+        journal.close()
+        _remove_tmp(out)
+    manifest = _manifest(plan, tasks, results)
+    rejects = sorted(r for res in results.values() for r in res["rejects"])
+    tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
+    write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
+    write_atomic(out / "_info.json", (json.dumps(_timm_info(manifest), indent=1) + "\n").encode())
+    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    (out / PLAN_FILE).unlink(missing_ok=True)
+    (out / JOURNAL_FILE).unlink(missing_ok=True)
+    log.info("wrote %s: %d samples, %d rejects", out, sum(s["count"] for s in manifest["splits"].values()), len(rejects))
+    return manifest
+
+
+def _tsv(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def _manifest(plan: Plan, tasks: list[ShardTask], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    n_rejects = 0
+    for name in SPLIT_ORDER:
+        if name not in plan.splits:
+            continue
+        shards = []
+        per_class = [0] * len(plan.classes)
+        for t in tasks:
+            if t.split != name:
+                continue
+            res = results[t.file]
+            n_rejects += len(res["rejects"])
+            e = ShardEntry(**res["entry"])
+            entry: dict[str, Any] = {"file": e.file, "count": e.count, "bytes": e.bytes, "sha256": e.sha256}
+            if e.hidden_labels is not None:
+                entry["hidden_labels"] = e.hidden_labels
+            shards.append(entry)
+            for c, n in res["per_class"].items():
+                per_class[int(c)] += n
+        info: dict[str, Any] = {"count": sum(s["count"] for s in shards), "labeled": plan.labeled[name]}
+        if plan.labeled[name]:
+            info["per_class"] = per_class
+        else:
+            info["hidden_labels"] = bool(shards) and all("hidden_labels" in s for s in shards)
+        info["shards"] = shards
+        splits[name] = info
+    return {
+        "format": FORMAT,
+        "classes": plan.classes,
+        "splits": splits,
+        "rejects": {"count": n_rejects, "file": REJECTS_FILE},
+        "build": {**plan.params, "plan_sha256": plan.digest},
+    }
+
+
+def _timm_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The `_info.json` that timm's webdataset reader (`wds/...` datasets) understands."""
+    return {
+        "name": "sslrun-shards",
+        "num_classes": len(manifest["classes"]),
+        "splits": {
+            name: {
+                "name": name,
+                "num_samples": info["count"],
+                "filenames": [s["file"] for s in info["shards"]],
+                "shard_lengths": [s["count"] for s in info["shards"]],
+            }
+            for name, info in manifest["splits"].items()
+        },
+    }

@@ -1,0 +1,125 @@
+"""Check a shard set against its manifest before a long job trusts it.
+
+Why a separate pass: the build only checks image headers (fast); this pass decodes every
+sample, recomputes every shard's sha256, and recounts samples per split, per shard and per
+class, so a damaged copy or a file that only looked like an image is found in minutes, not
+six hours into a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from sslrun.data.manifest import IMAGE_EXTS, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _decoder() -> Callable[[bytes], None]:
+    """torchvision's decoder when it loads (fast), PIL otherwise; each raises on a bad image."""
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_image
+
+        def tv(data: bytes) -> None:
+            try:
+                decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                _pil(data)  # formats torchvision lacks (BMP, TIFF, CMYK corner cases)
+
+        return tv
+    except Exception:  # torchvision missing or broken: PIL alone
+        return _pil
+
+
+def _pil(data: bytes) -> None:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            im.convert("RGB")
+
+
+def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
+    """Every problem found in the shard set at `root`, one line each; empty when all is fine."""
+    root = Path(root)
+    m = read_manifest(root)
+    problems: list[str] = []
+    check = _decoder() if decode else None
+    for split in m.splits.values():
+        per_class = [0] * m.num_classes
+        for entry in split.shards:
+            path = root / entry.file
+            where = f"{split.name}/{entry.file}"
+            try:
+                raw = path.read_bytes()
+            except OSError as err:
+                problems.append(f"{where}: cannot read ({err.strerror or err})")
+                continue
+            if len(raw) != entry.bytes:
+                problems.append(f"{where}: {len(raw)} bytes, manifest says {entry.bytes}")
+            if hashlib.sha256(raw).hexdigest() != entry.sha256:
+                problems.append(f"{where}: sha256 differs from the manifest")
+            try:
+                samples = _samples(raw)
+            except (tarfile.TarError, ValueError) as err:
+                problems.append(f"{where}: not a readable tar ({err})")
+                continue
+            if len(samples) != entry.count:
+                problems.append(f"{where}: {len(samples)} samples, manifest says {entry.count}")
+            for key, members in samples:
+                imgs = [e for e in members if e in IMAGE_EXTS]
+                if len(imgs) != 1:
+                    problems.append(f"{where}: sample {key} has {len(imgs)} images ({', '.join(members)})")
+                    continue
+                if split.labeled:
+                    cls = members.get("cls")
+                    try:
+                        c = int(cls.decode("ascii")) if cls is not None else None
+                    except ValueError:
+                        c = None
+                    if c is None or not 0 <= c < m.num_classes:
+                        problems.append(f"{where}: sample {key} has class {cls!r}, expected 0..{m.num_classes - 1}")
+                    else:
+                        per_class[c] += 1
+                elif "cls" in members:
+                    problems.append(f"{where}: sample {key} of unlabeled split '{split.name}' has a class")
+                if check is not None:
+                    try:
+                        check(members[imgs[0]])
+                    except Exception as err:
+                        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                        problems.append(f"{where}: sample {key} does not decode ({msg[:120]})")
+            if entry.hidden_labels is not None and not all(
+                isinstance(h, int) and -1 <= h < m.num_classes for h in entry.hidden_labels
+            ):
+                problems.append(f"{where}: hidden_labels out of range")
+        if split.count != sum(s.count for s in split.shards):
+            problems.append(f"{split.name}: count {split.count} differs from the sum over its shards")
+        if split.labeled and split.per_class is not None and split.per_class != per_class:
+            problems.append(f"{split.name}: per-class counts {per_class} differ from the manifest's {split.per_class}")
+    return problems
+
+
+def _samples(raw: bytes) -> list[tuple[str, dict[str, bytes]]]:
+    """Group tar members into samples the way webdataset does (adjacent members, same key)."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+        for info in tf:
+            if not info.isfile():
+                raise ValueError(f"member {info.name} is not a regular file")
+            key, _, ext = info.name.partition(".")
+            f = tf.extractfile(info)
+            data = f.read() if f is not None else b""
+            if out and out[-1][0] == key and ext not in out[-1][1]:
+                out[-1][1][ext] = data
+            else:
+                out.append((key, {ext: data}))
+    return out
