@@ -76,7 +76,8 @@ def main() -> int:
     for c in configs:
         print(f"  {states[c.name]:8} {c.name:40} {c.run_dir()}")
     if args.dry_run:
-        print("job parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        print("job parameters: " + ", ".join(f"{k}={v}" for k, v in params.items())
+              + f", slurm_max_num_timeout={opts.max_requeues}")
         print("dry run: nothing submitted")
         return 0
     jobs = launch.submit(configs, opts)

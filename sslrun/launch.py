@@ -152,7 +152,6 @@ def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
         "tasks_per_node": tasks,
         "gpus_per_node": opts.gpus_per_node,
         "slurm_signal_delay_s": opts.signal_delay_s,
-        "slurm_max_num_timeout": opts.max_requeues,
     }
     if opts.cpus_per_task:
         params["cpus_per_task"] = opts.cpus_per_task
@@ -176,7 +175,8 @@ def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
 
 def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:
     cluster = opts.resolved_cluster()
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    # Every preemption or time limit counts against max_num_timeout: a week-long sweep needs many.
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=opts.max_requeues)
     executor.update_parameters(**executor_parameters(opts))
     return executor
 
