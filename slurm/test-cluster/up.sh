@@ -81,8 +81,9 @@ stop_pidfile() {
     rm -f "$1"
 }
 
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /run/mysqld
-chown munge:munge /run/munge
+mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /run/mysqld \
+    /var/lib/munge /var/log/munge
+chown munge:munge /run/munge /var/lib/munge /var/log/munge
 chown mysql:mysql /run/mysqld 2>/dev/null || true
 
 # ---------------------------------------------------------------- configuration
