@@ -105,6 +105,17 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Make rank 0's buffers (batch-norm running statistics) every rank's.
+
+    DDP keeps parameters equal but each rank's last forward moves its own running
+    statistics; evaluating with them would make a sharded evaluation mix different models.
+    """
+    if dist.is_initialized():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -323,7 +323,7 @@ class Trainer:
 
     def _labeling_pass(self) -> None:
         assert self.unlabeled is not None
-        model = self.ema.module if self.ema is not None else self.model
+        model = self._eval_model()
         idx, probs = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size, self.cfg.batch_size * 4,
                                    self.workers, self.info, self.device)
         self.strategy.on_labeling(idx, probs, self.step)
@@ -351,7 +351,11 @@ class Trainer:
                      " ".join(f"{k} {v:.3g}" for k, v in scalars.items() if k not in ("loss",)))
 
     def _eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.module)
+            return self.ema.module
+        return self.model
 
     def _evaluate(self) -> EvalResult | None:
         split = self.val if self.val is not None else None
@@ -386,6 +390,7 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
         val = getattr(self, "last_val", None) or self._evaluate()
+        distributed.broadcast_buffers(self.model)
         test_acc = None
         if self.test is not None and (self.test.label >= 0).all() and len(self.test):
             res = evaluate(self._eval_model(), self.test, self.manifest.num_classes, self.prepare, cfg.image_size,

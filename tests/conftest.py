@@ -12,7 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Small settings every training test shares: a few seconds per run on 2 CPU cores.
-FAST = ["steps=12", "batch_size=8", "mu=2", "eval_every=6", "ckpt_every=4", "log_every=2", "threads=1"]
+FAST = ["model=test_resnet", "image_size=32", "steps=12", "batch_size=8", "mu=2", "eval_every=6", "ckpt_every=4",
+        "log_every=2", "threads=1", "workers=0"]
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,19 @@ from conftest import run_door
 @pytest.mark.slow
 def test_seed_array_runs_to_the_end_and_prints_the_table(digits, tmp_path):
     proc = run_door("jobs/submit.py", "--array", "seeds=42,43,44", "--cluster", "local", f"data={digits}",
-                    f"root={tmp_path}", "steps=6", "batch_size=8", "mu=2", "eval_every=3", "log_every=3", "threads=1",
+                    f"root={tmp_path}", "model=test_resnet", "image_size=32", "steps=6", "batch_size=8", "mu=2", "eval_every=3",
+                    "log_every=3", "threads=1", "workers=0",
                     check=True)
     sweep = tmp_path / digits.name
     for seed in (42, 43, 44):
-        result = json.loads((sweep / f"steps=6,batch_size=8,mu=2,eval_every=3,log_every=3,threads=1,seed={seed}"
-                                      / "result.json").read_text())
+        name = f"model=test_resnet,image_size=32,steps=6,batch_size=8,mu=2,eval_every=3,log_every=3,threads=1,workers=0,seed={seed}"
+        result = json.loads((sweep / name / "result.json").read_text())
         assert result["seed"] == seed and result["steps"] == 6 and result["strategy"] == "fixmatch"
     assert "val acc %: mean" in proc.stdout and f"tensorboard --logdir {sweep}" in proc.stdout
     # Resubmitting the same sweep finds it finished and submits nothing.
     again = run_door("jobs/submit.py", "--array", "seeds=42,43,44", "--cluster", "local", f"data={digits}",
-                     f"root={tmp_path}", "steps=6", "batch_size=8", "mu=2", "eval_every=3", "log_every=3", "threads=1",
+                     f"root={tmp_path}", "model=test_resnet", "image_size=32", "steps=6", "batch_size=8", "mu=2", "eval_every=3",
+                    "log_every=3", "threads=1", "workers=0",
                      check=True)
     assert "nothing submitted" in again.stdout and again.stdout.count("| done |") == 3
 

@@ -59,10 +59,9 @@ def test_fixmatch_run_writes_result_and_resumes_exactly_after_sigterm(digits, tm
 
 
 def test_finished_run_is_not_trained_again(digits, tmp_path):
-    common = ["steps=2", "batch_size=4", "mu=1", "eval_every=2", "log_every=1", "threads=1",
-              f"data={digits}", f"root={tmp_path}", "strategy=supervised"]
+    common = [*FAST, "steps=2", f"data={digits}", f"root={tmp_path}", "strategy=supervised", "name=once"]
     first = run_door("jobs/train.py", *common, check=True)
-    result = tmp_path / digits.name / "strategy=supervised" / "result.json"
+    result = tmp_path / digits.name / "once" / "result.json"
     stamp = result.stat().st_mtime_ns
     second = run_door("jobs/train.py", *common, check=True)
     assert json.loads(first.stdout) == json.loads(second.stdout)
@@ -70,8 +69,7 @@ def test_finished_run_is_not_trained_again(digits, tmp_path):
 
 
 def test_same_name_with_another_config_is_refused(digits, tmp_path):
-    base = ["steps=2", "batch_size=4", "eval_every=2", "threads=1", f"data={digits}", f"root={tmp_path}", "name=x",
-            "strategy=supervised"]
+    base = [*FAST, "steps=2", f"data={digits}", f"root={tmp_path}", "name=x", "strategy=supervised"]
     run_door("jobs/train.py", *base, check=True)
     before = (tmp_path / digits.name / "x" / "config.yaml").read_text()
     proc = run_door("jobs/train.py", *base, "lr=0.5")
