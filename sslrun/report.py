@@ -214,7 +214,7 @@ def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
         rows.append([r.name, str(r.seed), r.state, str(r.steps), pct("val_acc"),
                      f"{res['val_loss']:.4f}" if res.get("val_loss") is not None else "-", pct("test_acc"), r.device,
-                     str(r.ranks), f"{r.elapsed_s:.1f}", f"{r.hours:.4f}", str(res.get("restarts", "-")),
+                     str(r.ranks), f"{r.elapsed_s:.2f}", f"{r.hours:.4f}", str(res.get("restarts", "-")),
                      str(r.redone_steps), f"{r.redone_s:.1f}", r.failure])
     return header, rows
 
@@ -325,7 +325,10 @@ def plot_pseudo_labels(runs: list[Run], by: tuple[str, ...], path: Path) -> bool
         ax.set_xlabel("step")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not logged (no pseudo-label kept yet)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     _save(fig, path)
     return True

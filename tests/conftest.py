@@ -54,12 +54,14 @@ def small_sweep(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("runs")
     common = [*SMALL, f"data={digits}", f"root={root}", "sweep=s"]
-    _train([*common, "seed=42"])
-    _train([*common, "seed=43"])
-    _train([*common, "strategy=supervised", "seed=42"])
+    _train([*common, "seed=42", "name=seed=42"])
+    _train([*common, "seed=43", "name=seed=43"])
+    _train([*common, "strategy=supervised", "seed=42", "name=supervised,seed=42"])
     resumed = root / "resumed" / "seed=42"
     shutil.copytree(root / "s" / "seed=42", resumed)
     (resumed / "result.json").unlink()
+    cfg = resumed / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nsweep: s\n", "\nsweep: resumed\n"))
     os.replace(resumed / "ckpt" / "prev.pt", resumed / "ckpt" / "last.pt")
-    _train([*SMALL, f"data={digits}", f"root={root}", "sweep=resumed", "seed=42"])
+    _train([*SMALL, f"data={digits}", f"root={root}", "sweep=resumed", "seed=42", "name=seed=42"])
     return root / "s"
