@@ -30,7 +30,9 @@ class RunLog:
             kept, dropped = _truncate_from(self.path, start_step + 1)
             _record_restart(run_dir / "restarts.jsonl", start_step, kept, dropped)
         self._file = open(self.path, "a", encoding="utf-8")
-        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1 if restarted else None)
+        # TensorBoard takes a run's first SessionLog.START for the session's start and purges only
+        # at later ones: a fresh run writes one at step 0 so that its first restart purges too.
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1 if restarted else 0)
 
     def scalars(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         for k, v in values.items():
