@@ -403,6 +403,7 @@ class Trainer:
             "weights_sha256": checkpoint.weights_sha256(self.model.state_dict()),
             "restarts": self.restarts, "world_size": self.info.world, "device": str(self.device),
             "elapsed_s": round(self.elapsed_s + time.time() - self._t_start, 2),
+            "classes": self.manifest.classes, "val_confusion": val.confusion.tolist() if val else None,
         }
         if self.runlog is not None:
             metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Small settings every training test shares: a few seconds per run on 2 CPU cores.
 FAST = ["model=test_resnet", "image_size=32", "steps=12", "batch_size=8", "mu=2", "eval_every=6", "ckpt_every=4",
         "log_every=2", "threads=1", "workers=0"]
+SMALL = [*FAST, "ema_decay=0.9"]
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,35 @@ def run_door(script: str, *args: str, env: dict[str, str] | None = None, timeout
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def _train(overrides: list[str]) -> dict:
+    """One small run in this process (no interpreter start-up: the shared sweep stays quick)."""
+    from sslrun.config import make_config, parse_overrides
+    from sslrun.engine import run
+
+    return run(make_config(parse_overrides(overrides)))
+
+
+@pytest.fixture(scope="session")
+def small_sweep(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished sweep trained once per session: fixmatch seeds 42 and 43, supervised seed 42.
+
+    Also `<root>/resumed/seed=42`: fixmatch seed 42 killed after its last log line (result
+    removed, last.pt replaced by the step-8 prev.pt) and resumed, as a preemption leaves it.
+    """
+    import shutil
+
+    root = tmp_path_factory.mktemp("runs")
+    common = [*SMALL, f"data={digits}", f"root={root}", "sweep=s"]
+    _train([*common, "seed=42", "name=seed=42"])
+    _train([*common, "seed=43", "name=seed=43"])
+    _train([*common, "strategy=supervised", "seed=42", "name=supervised,seed=42"])
+    resumed = root / "resumed" / "seed=42"
+    shutil.copytree(root / "s" / "seed=42", resumed)
+    (resumed / "result.json").unlink()
+    cfg = resumed / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nsweep: s\n", "\nsweep: resumed\n"))
+    os.replace(resumed / "ckpt" / "prev.pt", resumed / "ckpt" / "last.pt")
+    _train([*SMALL, f"data={digits}", f"root={root}", "sweep=resumed", "seed=42", "name=seed=42"])
+    return root / "s"
