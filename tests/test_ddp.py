@@ -48,4 +48,5 @@ def test_two_rank_gloo_run(digits, tmp_path):
         mode = path.stat().st_mode
         assert mode & stat.S_IRGRP, f"{path} was written by rank 1 (umask 077)"
     # Rank 1 printed the same result (it took part in every collective) but wrote nothing.
-    assert json.loads(outs[1][0]) == result
+    rank1 = json.loads(outs[1][0])
+    assert {k: v for k, v in rank1.items() if k != "elapsed_s"} == {k: v for k, v in result.items() if k != "elapsed_s"}
