@@ -37,7 +37,7 @@ def _tree(root: Path, per_class: int = 12, test: int = 3, unlabeled: int = 0) ->
     n = 0
     for c in CLASSES:
         for i in range(per_class):
-            _img(root / "train" / c / f"{c}_{i}.png", n)
+            _img(root / "train" / c / f"{i:04d}.png", n)  # numbered per class, as in CIFAR folders
             n += 1
         for i in range(test):
             _img(root / "test" / f"t{c}{i}.jpg", n, fmt="JPEG")
@@ -74,13 +74,15 @@ def test_build_manifest_counts_and_webdataset_reads(tmp_path: Path) -> None:
     assert sorted(int(x["cls"]) for x in train) == [0] * 4 + [1] * 4 + [2] * 4
     for x in train:  # the class in the shard is the folder it came from
         assert x["__key__"].split("_")[0] == CLASSES[int(x["cls"])]
-        assert x["png"] == (tree / "train" / CLASSES[int(x["cls"])] / f"{x['__key__']}.png").read_bytes()
+        cls, stem = x["__key__"].split("_")
+        assert x["png"] == (tree / "train" / cls / f"{stem}.png").read_bytes() and "id" not in x
     unl = _read_wds(man.shard_paths("unlabeled"))
     assert len(unl) == 18 and not any("cls" in x for x in unl)
     hidden = [h for e in man.split("unlabeled").shards for h in e.hidden_labels]
     assert [CLASSES.index(x["__key__"].split("_")[0]) for x in unl] == hidden
     test = _read_wds(man.shard_paths("test"))
     assert sorted(x["__key__"] for x in test) == sorted(p.stem for p in (tree / "test").iterdir())
+    assert not any("id" in x or "cls" in x for x in test)
     all_keys = [x["__key__"] for x in train + unl + _read_wds(man.shard_paths("val"))]
     assert len(set(all_keys)) == 36
     info = json.loads((out / "_info.json").read_text())

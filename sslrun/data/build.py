@@ -27,10 +27,11 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sslrun.data.images import BadImage, check_image, shrink
 from sslrun.data.manifest import FORMAT, ShardEntry
@@ -47,13 +48,15 @@ SPLIT_ORDER = ("train", "val", "unlabeled", "test")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 
 
-@dataclass(frozen=True)
-class Source:
-    """One input file as planned: where it is, its sample key, and its labels."""
+class Source(NamedTuple):
+    """One input file as planned: where it is, its sample key, and its labels.
+
+    A NamedTuple, not a dataclass: a build plans hundreds of thousands of these and ships
+    them to worker processes; tuples are several times cheaper to make, copy and pickle."""
 
     path: str  # as found under the input folder given by the user
-    id: str  # file name without its extension
-    key: str  # sample key in the shard (id made safe: no '.', ASCII)
+    id: str | None  # the file id when it differs from the key (written as `<key>.id`)
+    key: str  # sample key in the shard (no '.', ASCII)
     order: int  # position in directory-scan order: files are read in this order
     size: int  # bytes on disk, for shard-by-bytes planning
     label: int | None = None  # class index written as `<key>.cls` (labeled splits)
@@ -102,45 +105,66 @@ class _Scan:
         """(path, order, size) of the files in `folder`, sorted by name (for determinism)."""
         _, files = self.entries(folder)
         rows = []
+        n = self.counter
         for e in files:
             try:
-                size = e.stat().st_size
+                size = e.stat().st_size if e.is_file() else -1  # -1: a FIFO, socket, device...
             except OSError:
                 size = 0  # unreadable entry: planned anyway, rejected when read
-            rows.append((e.path, self.counter, size))
-            self.counter += 1
-        rows.sort(key=lambda r: os.path.basename(r[0]))
-        return rows
+            rows.append((e.name, e.path, n, size))
+            n += 1
+        self.counter = n
+        rows.sort()
+        return [r[1:] for r in rows]
 
 
 def _file_id(path: str) -> str:
-    name = os.path.basename(path)
+    name = path.rpartition(os.sep)[2]
     stem, dot, _ = name.rpartition(".")
     return stem if dot and stem else name
 
 
+def _safe(text: str) -> str:
+    """`text` with every character but ASCII letters, digits, '_' and '-' made '_'."""
+    if text.isascii() and text.replace("_", "a").replace("-", "a").isalnum():
+        return text  # the common case, without the regex
+    return _KEY_BAD.sub("_", text)
+
+
 class _Keys:
-    """Turns file ids into unique safe sample keys within one namespace; duplicates are fatal."""
+    """Turns file ids into unique, safe sample keys within one namespace.
+
+    A loose file's id is its name without the extension; the key is that id with every
+    character other than letters, digits, '_' and '-' made '_' (webdataset splits a member
+    name at the first '.'), cut to 80 characters; the id goes into a `<key>.id` member when
+    it differs. A file in a labeled class folder is keyed `<class>_<stem>`, because image
+    folders often number files per class (CIFAR's `bird/0338.jpg`, `cat/0338.jpg`); its id is
+    `<class>/<stem>`, which the key and the manifest's class list already give, so no `.id`
+    member is spent on it. Two files with one id (`a.jpg`, `a.png` in a folder) are fatal.
+    """
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.ids: dict[str, str] = {}
         self.keys: set[str] = set()
 
-    def key(self, path: str) -> tuple[str, str]:
-        fid = _file_id(path)
+    def key(self, path: str, cls: str | None = None) -> tuple[str | None, str]:
+        """(id to store as `<key>.id`, or None when not needed; key)."""
+        stem = _file_id(path)
+        fid = stem if cls is None else f"{cls}/{stem}"
         if fid in self.ids:
             raise UserError(
                 f"two {self.what} files have the id '{fid}': {self.ids[fid]} and {path} (ids must be unique)"
             )
         self.ids[fid] = path
-        key = _KEY_BAD.sub("_", fid)[:MAX_KEY] or "_"
+        base = stem if cls is None else f"{cls}_{stem}"
+        key = _safe(base)[:MAX_KEY] or "_"
         if key in self.keys:
             key = f"{key[: MAX_KEY - 9]}_{hashlib.sha1(fid.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
         if key in self.keys:
             raise UserError(f"cannot make a unique sample key for {path}")
         self.keys.add(key)
-        return fid, key
+        return (None if cls is not None or key == fid else fid), key
 
 
 def _scan_classes(scan: _Scan, folder: Path, what: str) -> tuple[list[str], list[list[tuple[str, int, int]]]]:
@@ -177,7 +201,7 @@ def _cut(sources: list[Source], shard_samples: int, shard_bytes: int | None) -> 
         size = member_size(s.size)
         if s.label is not None:
             size += member_size(len(str(s.label)))
-        if s.key != s.id:
+        if s.id is not None:
             size += member_size(len(s.id.encode("utf-8", "surrogateescape")))
         if cur and (len(cur) >= shard_samples or (shard_bytes is not None and cur_bytes + size > shard_bytes)):
             shards.append(cur)
@@ -226,7 +250,7 @@ def make_plan(
     for ci, (name, rows) in enumerate(zip(classes, per_class)):
         srcs = []
         for path, order, size in rows:
-            fid, key = keys.key(path)
+            fid, key = keys.key(path, name)
             srcs.append(Source(path, fid, key, order, size))
         _rng(seed, "split", name).shuffle(srcs)
         n = len(srcs)
@@ -299,9 +323,7 @@ def make_plan(
 
 
 def _with(s: Source, **kw: Any) -> Source:
-    d = asdict(s)
-    d.update(kw)
-    return Source(**d)
+    return s._replace(**kw)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -325,28 +347,84 @@ def _tick(n: int) -> None:
             p.value += n
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+READ_AHEAD = 64
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file behind `fd`: one read when it is the size the scan saw (raw os calls, no
+    buffered file object, since this runs per image)."""
+    want = size + 1 if size > 0 else 1 << 16
+    data = os.read(fd, want)
+    if len(data) < want:
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _read_files(sources: list[Source]) -> Iterator[tuple[Source, bytes | OSError]]:
+    """Yield each source with its bytes (or the OSError), in the given order, keeping up to
+    READ_AHEAD files open with POSIX_FADV_WILLNEED so a cold disk gets many reads in flight
+    (one thread, no per-file thread handoff: that would cost more than it saves when warm)."""
+    window: deque[tuple[Source, int | OSError]] = deque()
+    advise = getattr(os, "posix_fadvise", None)
+    it = iter(sources)
+
+    def open_next() -> bool:
+        s = next(it, None)
+        if s is None:
+            return False
+        try:
+            if s.size < 0:
+                raise OSError(0, "not a regular file")
+            fd = os.open(s.path, os.O_RDONLY)
+            if advise is not None and s.size > 0:
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            window.append((s, fd))
+        except OSError as err:
+            window.append((s, err))
+        return True
+
+    try:
+        while len(window) < READ_AHEAD and open_next():
+            pass
+        while window:
+            s, fd = window.popleft()
+            if isinstance(fd, OSError):
+                yield s, fd
+            else:
+                try:
+                    data: bytes | OSError = _read_all(fd, s.size)
+                except OSError as err:
+                    data = err
+                finally:
+                    os.close(fd)
+                yield s, data
+            open_next()
+    finally:
+        for _, fd in window:
+            if isinstance(fd, int):
+                os.close(fd)
 
 
 def write_shard(task: ShardTask) -> dict[str, Any]:
     """Read, check and write one planned shard; returns its entry, rejects and class counts."""
-    data: dict[int, tuple[str, bytes]] = {}
+    data: dict[str, tuple[str, bytes]] = {}
     rejects: list[tuple[str, str]] = []
     done = 0
-    for pos, s in sorted(enumerate(task.sources), key=lambda ps: ps[1].order):
+    for s, raw in _read_files(sorted(task.sources, key=lambda s: s.order)):
+        done += 1
+        if isinstance(raw, OSError):
+            rejects.append((s.path, f"cannot read: {raw.strerror or type(raw).__name__}"))
+            continue
         try:
-            raw = _read(s.path)
             ext, w, h = check_image(raw)
             if task.max_side is not None and max(w, h) > task.max_side:
                 raw, ext = shrink(raw, ext, task.max_side)
-            data[pos] = (ext, raw)
-        except OSError as err:
-            rejects.append((s.path, f"cannot read: {err.strerror or type(err).__name__}"))
+            data[s.key] = (ext, raw)
         except BadImage as err:
             rejects.append((s.path, str(err)))
-        done += 1
         if done % 256 == 0:
             _tick(256)
     _tick(done % 256)
@@ -354,15 +432,15 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     try:
         hidden: list[int] | None = [] if task.sources and task.sources[0].hidden is not None else None
         per_class: dict[int, int] = {}
-        for pos, s in enumerate(task.sources):
-            if pos not in data:
+        for s in task.sources:
+            if s.key not in data:
                 continue
-            ext, raw = data.pop(pos)
+            ext, raw = data.pop(s.key)
             members = {ext: raw}
             if s.label is not None:
                 members["cls"] = str(s.label).encode()
                 per_class[s.label] = per_class.get(s.label, 0) + 1
-            if s.key != s.id:
+            if s.id is not None:
                 members["id"] = s.id.encode("utf-8", "surrogateescape")
             shard.add(s.key, members)
             if hidden is not None:
@@ -372,7 +450,9 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     except BaseException:
         shard.abort()
         raise
-    return {"entry": asdict(entry), "rejects": rejects, "per_class": per_class, "split": task.split}
+    e = {"file": entry.file, "count": entry.count, "bytes": entry.bytes, "sha256": entry.sha256,
+         "hidden_labels": entry.hidden_labels}
+    return {"entry": e, "rejects": rejects, "per_class": per_class, "split": task.split}
 
 
 # ---------------------------------------------------------------------------- the build
@@ -608,12 +688,23 @@ def build_shards(
     rejects = sorted(r for res in results.values() for r in res["rejects"])
     tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
     write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
-    write_atomic(out / "_info.json", (json.dumps(_timm_info(manifest), indent=1) + "\n").encode())
-    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
+    write_atomic(out / "manifest.json", _dumps(manifest))
     (out / PLAN_FILE).unlink(missing_ok=True)
     (out / JOURNAL_FILE).unlink(missing_ok=True)
     log.info("wrote %s: %d samples, %d rejects", out, sum(s["count"] for s in manifest["splits"].values()), len(rejects))
     return manifest
+
+
+_INT_LIST = re.compile(r"\[\s*-?\d+(?:,\s*-?\d+)*\s*\]")
+
+
+def _dumps(obj: Any) -> bytes:
+    """Indented JSON with lists of numbers on one line (hidden labels of 300k samples would
+    otherwise take 300k lines)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False)
+    text = _INT_LIST.sub(lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
+    return (text + "\n").encode("utf-8", "surrogateescape")
 
 
 def _tsv(text: str) -> str:
