@@ -379,3 +379,43 @@ def test_parse_size() -> None:
     for bad in ("lots", "1X", "100"):
         with pytest.raises(UserError):
             parse_size(bad)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers_stops_cleanly_then_resumes(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what Ctrl-C does) while 2 workers write: exit 130
+    at once, no temporary file, no worker left; the same command then finishes."""
+    import signal
+    import time
+
+    tree = _tree(tmp_path / "in", per_class=10, test=0)
+    out = tmp_path / "out"
+    args = ["--labeled", str(tree / "train"), "--out", str(out), "--shard-samples", "2", "-j", "2", "--no-progress"]
+    slow = (
+        "import sys, time, runpy\n"
+        "import sslrun.data.shard_writer as w\n"
+        "real = w.TarShard.add\n"
+        "def add(self, key, members):\n"
+        "    time.sleep(0.1)\n"
+        "    return real(self, key, members)\n"
+        "w.TarShard.add = add\n"
+        f"sys.argv = ['build.py', *{args!r}]\n"
+        f"runpy.run_path({str(REPO / 'shards' / 'build.py')!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-c", slow], env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not list(out.glob("*.tar")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    with pytest.raises(ProcessLookupError):
+        os.killpg(p.pid, 0)  # no worker outlived the build
+    done = sorted(out.glob("*.tar"))
+    assert 0 < len(done) < 15 and not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()
+    r = subprocess.run([sys.executable, str(REPO / "shards" / "build.py"), *args], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(out).split("train").count == 30 and not list(out.glob(".*"))

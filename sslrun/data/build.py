@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -335,11 +336,22 @@ def _with(s: Source, **kw: Any) -> Source:
 # ---------------------------------------------------------------------------- writing
 
 _progress: Any = None  # a multiprocessing Value in pool workers, a callable in-process
+_TASKS: list[ShardTask] = []  # a pool worker's copy of the shard tasks (inherited, not sent)
 
 
-def _init_worker(counter: Any) -> None:
-    global _progress
+def _init_worker(counter: Any, tasks: list[ShardTask]) -> None:
+    """Pool worker set-up. The tasks come once through the initializer (with fork: no copy at
+    all) and each job is just an index: large pickled jobs would fill the task pipe and make
+    Pool.terminate() hang on Ctrl-C. Workers ignore SIGINT: the parent alone decides, and
+    terminates them (their temporary shard files are then removed by the parent)."""
+    global _progress, _TASKS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _progress = counter
+    _TASKS = tasks
+
+
+def _write_nth(i: int) -> dict[str, Any]:
+    return write_shard(_TASKS[i])
 
 
 def _tick(n: int) -> None:
@@ -600,26 +612,28 @@ def _run_tasks(
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         counter = ctx.Value("q", 0)
         seen = 0
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-            try:
-                pending = [pool.apply_async(write_shard, (t,)) for t in tasks]
-                while pending:
-                    pending[0].wait(0.2)
-                    still = []
-                    for r in pending:
-                        if r.ready():
-                            on_done(r.get())
-                        else:
-                            still.append(r)
-                    pending = still
-                    if bar is not None:
-                        now = counter.value
-                        bar.update(now - seen)
-                        seen = now
-            except BaseException:
-                pool.terminate()
-                pool.join()
-                raise
+        pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(counter, tasks))
+        try:
+            pending = [pool.apply_async(_write_nth, (i,)) for i in range(len(tasks))]
+            while pending:
+                pending[0].wait(0.2)
+                still = []
+                for r in pending:
+                    if r.ready():
+                        on_done(r.get())
+                    else:
+                        still.append(r)
+                pending = still
+                if bar is not None:
+                    now = counter.value
+                    bar.update(now - seen)
+                    seen = now
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     finally:
         if bar is not None:
             bar.close()

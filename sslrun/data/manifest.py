@@ -17,7 +17,8 @@ Members of one sample:
   class) and carry no `.id`: the folder and file name are not a submission id.
 The true class of an unlabeled sample, when known (the standard "N labels per class"
 protocol), is never in the shard: it is in the manifest's shard entry as `hidden_labels`, in
-sample order, for diagnostics only, so training cannot read it by mistake.
+sample order, for diagnostics only, so training cannot read it by mistake; -1 marks a sample
+whose class is unknown (from an unlabeled folder mixed into that protocol's split).
 
 manifest.json:
 {
