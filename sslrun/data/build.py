@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import random
 import re
 import signal
 import time
@@ -33,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from sslrun.data.images import BadImage, check_image, shrink
 from sslrun.data.manifest import FORMAT, ShardEntry
@@ -155,6 +156,27 @@ class _Keys:
         self.ids: dict[str, str] = {}
         self.keys: set[str] = set()
 
+    def many(self, rows: list[tuple[str, int, int]], cls: str | None = None) -> list[tuple]:
+        """key() over a folder's (path, order, size) rows -> (path, id, key, order, size).
+        The plain case (a safe, new stem) is done inline: this runs for every file."""
+        ids, keys, out = self.ids, self.keys, []
+        prefix = None if cls is None else _safe(cls) + "_"
+        for path, order, size in rows:
+            name = path.rpartition(os.sep)[2]
+            stem, dot, _ = name.rpartition(".")
+            if not (dot and stem):
+                stem = name
+            fid = stem if cls is None else f"{cls}/{stem}"
+            key = stem if prefix is None else prefix + stem
+            if (fid in ids or key in keys or len(key) > MAX_KEY or not key.isascii()
+                    or not key.replace("_", "a").replace("-", "a").isalnum()):
+                out.append((path, *self.key(path, cls), order, size))  # the careful path
+                continue
+            ids[fid] = path
+            keys.add(key)
+            out.append((path, None if cls is not None or key == fid else fid, key, order, size))
+        return out
+
     def key(self, path: str, cls: str | None = None) -> tuple[str | None, str]:
         """(id to store as `<key>.id`, or None when not needed; key)."""
         stem = _file_id(path)
@@ -193,14 +215,20 @@ def _scan_classes(scan: _Scan, folder: Path, what: str) -> tuple[list[str], list
 # ---------------------------------------------------------------------------- planning
 
 
-def _rng(seed: int, *what: str) -> random.Random:
-    """A generator per purpose, so one split's draw never shifts another's."""
-    return random.Random(":".join(["sslrun-shards", str(seed), *what]))
+def _perm(n: int, seed: int, *what: str) -> list[int]:
+    """A permutation of range(n) per purpose, so one split's draw never shifts another's.
+    numpy's legacy RandomState: its stream is frozen across numpy versions (Generator's is
+    not promised), so a shard set rebuilt years later is the same; and it is ~10x faster than
+    random.shuffle on 300k items."""
+    digest = hashlib.sha256(":".join(["sslrun-shards", str(seed), *what]).encode()).digest()
+    return np.random.RandomState(int.from_bytes(digest[:4], "little")).permutation(n).tolist()
 
 
 def _cut(sources: list[Source], shard_samples: int, shard_bytes: int | None) -> list[list[Source]]:
     """Cut a split into shards of at most `shard_samples` samples and about `shard_bytes` bytes
     (planned from file sizes on disk; a shrunk or rejected image only makes a shard smaller)."""
+    if shard_bytes is None:
+        return [sources[i : i + shard_samples] for i in range(0, len(sources), shard_samples)]
     shards: list[list[Source]] = []
     cur: list[Source] = []
     cur_bytes = len(END_OF_ARCHIVE)
@@ -255,27 +283,24 @@ def make_plan(
     keys = _Keys("labeled/unlabeled")
     splits: dict[str, list[Source]] = {"train": [], "val": [], "unlabeled": []}
     for ci, (name, rows) in enumerate(zip(classes, per_class)):
-        srcs = []
-        for path, order, size in rows:
-            fid, key = keys.key(path, name)
-            srcs.append(Source(path, fid, key, order, size))
-        _rng(seed, "split", name).shuffle(srcs)
+        srcs = keys.many(rows, name)
+        srcs = [srcs[i] for i in _perm(len(srcs), seed, "split", name)]
         n = len(srcs)
         n_val = val_per_class if val_per_class is not None else round((val_fraction or 0.0) * n)
         n_train = labels_per_class if labels_per_class is not None else n - n_val
         if n_val + n_train > n or n_train < 1:
             need = f"{n_val} for val + {labels_per_class if labels_per_class is not None else 1} labeled"
             raise UserError(f"class '{name}' has {n} images, too few for {need}")
-        splits["val"] += [_with(s, label=ci) for s in srcs[:n_val]]
-        splits["train"] += [_with(s, label=ci) for s in srcs[n_val : n_val + n_train]]
-        splits["unlabeled"] += [_with(s, hidden=ci) for s in srcs[n_val + n_train :]]
+        make = Source._make  # tuple.__new__ underneath: 3x faster than Source(*s, ...)
+        splits["val"] += [make((*s, ci, None)) for s in srcs[:n_val]]
+        splits["train"] += [make((*s, ci, None)) for s in srcs[n_val : n_val + n_train]]
+        splits["unlabeled"] += [make((*s, None, ci)) for s in srcs[n_val + n_train :]]
     if unlabeled is not None:
         dirs, _ = scan.entries(unlabeled)
         if dirs:
             raise UserError(f"unlabeled folder {unlabeled} has sub-folders (e.g. {dirs[0].name}); expected loose images")
-        for path, order, size in scan.files(unlabeled):
-            fid, key = keys.key(path)
-            splits["unlabeled"].append(Source(path, fid, key, order, size, hidden=-1 if labels_per_class else None))
+        hidden = -1 if labels_per_class else None
+        splits["unlabeled"] += [Source._make((*row, None, hidden)) for row in keys.many(scan.files(unlabeled))]
     labeled_flags = {"train": True, "val": True, "unlabeled": False}
     if test is not None:
         tkeys = _Keys("test")
@@ -288,13 +313,11 @@ def make_plan(
             if unknown:
                 raise UserError(f"test folder {test} has class '{unknown[0]}' that the labeled folder lacks")
             splits["test"] = [
-                Source(p, *tkeys.key(p), o, sz, label=classes.index(n))
-                for n, rows in zip(names, rows_per)
-                for p, o, sz in rows
+                Source(*row, classes.index(n), None) for n, rows in zip(names, rows_per) for row in tkeys.many(rows)
             ]
             labeled_flags["test"] = True
         else:
-            splits["test"] = [Source(p, *tkeys.key(p), o, sz) for p, o, sz in scan.files(test)]
+            splits["test"] = [Source(*row) for row in tkeys.many(scan.files(test))]
             labeled_flags["test"] = False
     if labels_per_class is None and unlabeled is None:
         del splits["unlabeled"]
@@ -304,8 +327,7 @@ def make_plan(
         splits["unlabeled"] = [_with(s, hidden=None) for s in splits["unlabeled"]]
     shards = {}
     for name, srcs in splits.items():
-        _rng(seed, "order", name).shuffle(srcs)
-        shards[name] = _cut(srcs, shard_samples, shard_bytes)
+        shards[name] = _cut([srcs[i] for i in _perm(len(srcs), seed, "order", name)], shard_samples, shard_bytes)
     params = {
         "labeled": str(labeled),
         "unlabeled": None if unlabeled is None else str(unlabeled),
@@ -320,11 +342,8 @@ def make_plan(
     }
     plan = Plan(classes, shards, {k: labeled_flags[k] for k in shards}, params)
     h = hashlib.sha256(json.dumps({"params": params, "classes": classes}, sort_keys=True).encode())
-    for name in SPLIT_ORDER:
-        for i, srcs in enumerate(shards.get(name, [])):
-            h.update(f"\n{name}-{i}".encode())
-            for s in srcs:
-                h.update(f"\n{s.path}\t{s.key}\t{s.size}\t{s.label}\t{s.hidden}".encode("utf-8", "surrogateescape"))
+    for name in SPLIT_ORDER:  # every sample's place; json.dumps is C, a loop here is not
+        h.update(json.dumps([name, shards.get(name, [])]).encode())
     plan.digest = h.hexdigest()
     return plan
 
