@@ -462,7 +462,10 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
         try:
             ext, w, h = check_image(raw)
             if task.max_side is not None and max(w, h) > task.max_side:
-                raw, ext = shrink(raw, ext, task.max_side)
+                try:
+                    raw, ext = shrink(raw, ext, task.max_side)
+                except Exception as err:  # PIL cannot resize every mode (e.g. some 16-bit ones)
+                    raise BadImage(f"cannot shrink to {task.max_side} px: {err}"[:200]) from None
             data[s.key] = (ext, raw)
         except BadImage as err:
             rejects.append((s.path, str(err)))
@@ -582,7 +585,10 @@ def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
             raise UserError(f"--out {out} exists and is not a folder")
         if any(out.iterdir()):
             raise UserError(f"--out {out} is not empty; choose a new folder (nothing is deleted to make room)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
     write_atomic(plan_path, json.dumps({"plan_sha256": plan.digest, "params": plan.params}, indent=1).encode())
     return None
 

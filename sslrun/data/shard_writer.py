@@ -29,6 +29,7 @@ BLOCK = 512
 MTIME = 0
 MODE = 0o444
 TMP_SUFFIX = ".tmp"
+WRITEBACK_EVERY = 8 << 20
 _KEY_OK = re.compile(r"[A-Za-z0-9_\-]+\Z")
 _EXT_OK = re.compile(r"[A-Za-z0-9_\-.]+\Z")
 
@@ -123,11 +124,26 @@ class TarShard:
         self.count = 0
         self.bytes = 0
         self._keys: set[str] = set()
+        self._kicked = 0  # bytes handed to the kernel for write-back so far
 
     def _put(self, chunk: bytes) -> None:
         self._f.write(chunk)
         self._sha.update(chunk)
         self.bytes += len(chunk)
+        if self.bytes - self._kicked >= WRITEBACK_EVERY:
+            self._kick()
+
+    def _kick(self) -> None:
+        """Start writing what is written so far to disk, without waiting (Linux starts
+        write-back on POSIX_FADV_DONTNEED, then drops the pages once clean). The fsync at
+        commit() then finds little left to do: the disk works while this process packs the
+        next samples, instead of a multi-second stall per shard at the end."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        self._f.flush()
+        advise(self._f.fileno(), 0, self.bytes, os.POSIX_FADV_DONTNEED)
+        self._kicked = self.bytes
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         """Add one sample: `members` maps extension ('jpg', 'cls', 'id') to bytes, kept adjacent."""
