@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,13 +51,17 @@ def warm(files: list[str]) -> None:
             fh.read()
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system of the command and its children). CPU time
+    says what the work costs when other jobs share the machine and wall times swing."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    return dt
+    return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -84,24 +89,27 @@ def main() -> None:
     sizes: dict[str, int] = {}
     for mode in a.modes.split(","):
         times: dict[str, list[float]] = {"tar": [], "build": []}
+        cpus: dict[str, list[float]] = {"tar": [], "build": []}
         for rep in range(a.repeat):
             for name, cmd in (("tar", tar_cmd), ("build", build_cmd)):
                 tar_out.unlink(missing_ok=True)
                 shutil.rmtree(shard_out, ignore_errors=True)
                 os.sync()
                 (evict if mode == "cold" else warm)(files)
-                dt = _timed(cmd)
+                dt, cpu = _timed(cmd)
                 times[name].append(dt)
+                cpus[name].append(cpu)
                 if name == "tar":
                     sizes["tar"] = tar_out.stat().st_size
                 else:
                     sizes["shards"] = sum(f.stat().st_size for f in shard_out.glob("*.tar"))
                     sizes["all"] = sum(f.stat().st_size for f in shard_out.iterdir())
-                print(f"  {mode} #{rep + 1} {name:5s} {dt:6.2f} s  {n / dt:8.0f} files/s  (load {os.getloadavg()[0]:.1f})",
-                      flush=True)
+                print(f"  {mode} #{rep + 1} {name:5s} {dt:6.2f} s  {n / dt:8.0f} files/s  cpu {cpu:6.2f} s"
+                      f"  (load {os.getloadavg()[0]:.1f})", flush=True)
         t_tar, t_build = statistics.median(times["tar"]), statistics.median(times["build"])
         print(f"{mode}: tar {n / t_tar:.0f} files/s, build {n / t_build:.0f} files/s, "
-              f"ratio build/tar {t_tar / t_build:.2f}x (medians of {a.repeat})")
+              f"ratio build/tar {t_tar / t_build:.2f}x (medians of {a.repeat}); cpu s tar "
+              f"{statistics.median(cpus['tar']):.2f}, build {statistics.median(cpus['build']):.2f}")
     print(f"bytes: tar {sizes['tar']}, shards {sizes['shards']} ({sizes['shards'] / sizes['tar']:.3f}x tar), "
           f"with manifest/_info/rejects {sizes['all']} ({sizes['all'] / sizes['tar']:.3f}x)")
     tar_out.unlink(missing_ok=True)
