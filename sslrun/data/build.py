@@ -1,13 +1,15 @@
 """Build a shard set (tar shards + manifest.json) from folders of images.
 
 The build runs in three steps, and only the last touches `out`:
-1. Scan the input folders (names and sizes, no image bytes) and catch every fatal user
-   mistake (empty class folder, two files with one id, unknown test class) before anything
-   is written.
+1. Scan the input folders (names; sizes only when shards are cut by bytes; no image bytes)
+   and catch every fatal user mistake (empty class folder, two files with one id, unknown
+   test class) before anything is written.
 2. Plan: split the labeled set per class by seed (val, labeled train, hidden-label
    unlabeled), shuffle each split by seed and cut it into shards. The plan depends only on
-   the inputs and the parameters, so its digest names the build: the same command run again
-   (after a crash or Ctrl-C) finds the same plan in `out` and resumes.
+   the inputs (file names) and the parameters, so its digest names the build: the same
+   command run again (after a crash or Ctrl-C) finds the same plan in `out` and resumes.
+   (An input file rewritten in place between the crash and the rerun is not noticed.)
+   `workers` and `progress` are not part of it: they change nothing in the output.
 3. Write the shards (in parallel with `workers`): each shard reads its files in directory
    order (never in random order: that is ~3x slower on a cold disk), checks each image
    cheaply, and writes the samples in the planned (shuffled) order to a temporary file that
