@@ -672,20 +672,20 @@ def _run_tasks(
 
 
 def build_shards(
-    out,
-    labeled=None,
-    unlabeled=None,
-    test=None,
+    out: str | Path,
+    labeled: str | Path | None = None,
+    unlabeled: str | Path | None = None,
+    test: str | Path | None = None,
     *,
-    val_per_class=None,
-    val_fraction=None,
-    labels_per_class=None,
-    seed=0,
-    shard_samples=10000,
-    shard_bytes=None,
-    workers=1,
-    max_side=None,
-    progress=False,
+    val_per_class: int | None = None,
+    val_fraction: float | None = None,
+    labels_per_class: int | None = None,
+    seed: int = 0,
+    shard_samples: int = 10000,
+    shard_bytes: int | None = None,
+    workers: int = 1,
+    max_side: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Build (or finish building) a shard set in `out`; returns the manifest dict it wrote.
 
