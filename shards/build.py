@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,8 +53,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # SLURM's time limit, kill: stop cleanly like Ctrl-C
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.monotonic()
     m = build_shards(

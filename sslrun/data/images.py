@@ -43,27 +43,26 @@ def sniff(data: bytes) -> str | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first SOF marker; None when the marker walk goes wrong."""
-    i, n = 2, len(data)
-    while i + 4 <= n:
+    """(width, height) from the first SOF marker; None when the marker walk goes wrong.
+    Walks segment headers only (a handful per file), by plain indexing: this runs per image."""
+    i, n = 2, len(data) - 9
+    while i < n:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+        elif marker in _SOF:
+            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
+        elif marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
             i += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, i + 2)
-        if marker in _SOF:
-            if i + 9 > n:
-                return None
-            h, w = struct.unpack_from(">HH", data, i + 5)
-            return w, h
-        if marker == 0xDA or length < 2:  # scan data before any SOF: malformed
+        elif marker == 0xDA:  # scan data before any SOF: malformed
             return None
-        i += 2 + length
+        else:
+            length = (data[i + 2] << 8) | data[i + 3]
+            if length < 2:
+                return None
+            i += 2 + length
     return None
 
 

@@ -12,10 +12,13 @@ Members of one sample:
   tif or tiff.
 - `<key>.cls`: the class index as ASCII digits, in labeled splits only.
 - `<key>.id`: the original file id (the file name without its extension) when it differs
-  from the key; otherwise the key is the id (what a submission CSV lists).
+  from the key; otherwise the key is the id (what a submission CSV lists). Samples from a
+  labeled class folder are keyed `<class>_<stem>` (image folders often number files per
+  class) and carry no `.id`: the folder and file name are not a submission id.
 The true class of an unlabeled sample, when known (the standard "N labels per class"
 protocol), is never in the shard: it is in the manifest's shard entry as `hidden_labels`, in
-sample order, for diagnostics only, so training cannot read it by mistake.
+sample order, for diagnostics only, so training cannot read it by mistake; -1 marks a sample
+whose class is unknown (from an unlabeled folder mixed into that protocol's split).
 
 manifest.json:
 {
@@ -139,13 +142,20 @@ def read_manifest(root: str | Path) -> Manifest:
                 raise UserError(f"{swhere}: file {file!r} should be a plain name ending in .tar")
             hidden = s.get("hidden_labels")
             count = _need(s, "count", int, swhere)
+            if hidden is not None and not (isinstance(hidden, list) and all(type(h) is int for h in hidden)):
+                raise UserError(f"{swhere}: hidden_labels should be a list of class indices")
             if hidden is not None and len(hidden) != count:
                 raise UserError(f"{swhere}: hidden_labels has {len(hidden)} entries for {count} samples")
             shards.append(ShardEntry(file, count, _need(s, "bytes", int, swhere), _need(s, "sha256", str, swhere), hidden))
         count = _need(info, "count", int, where)
         if count != sum(s.count for s in shards):
             raise UserError(f"{where}: count {count} differs from the sum over its shards")
-        splits[name] = SplitInfo(name, count, bool(info.get("labeled", False)), shards, info.get("per_class"))
+        per_class = info.get("per_class")
+        if per_class is not None and not (
+            isinstance(per_class, list) and len(per_class) == len(classes) and all(type(n) is int for n in per_class)
+        ):
+            raise UserError(f"{where}: 'per_class' should be a list of {len(classes)} counts")
+        splits[name] = SplitInfo(name, count, bool(info.get("labeled", False)), shards, per_class)
     if "train" not in splits:
         raise UserError(f"{path}: no 'train' split")
     return Manifest(root, list(classes), splits, raw.get("build", {}))
