@@ -283,11 +283,6 @@ class Trainer:
                 over = cfg.budget_s > 0 and self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
                 flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item()),
                                                           float(over)], device=self.device))
-                if flags[0] > 0:
-                    if last_saved != self.step:
-                        self.save()
-                    self._close_log()
-                    self._stop(int(flags[0].item()), stop)
                 if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
@@ -309,6 +304,11 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save()
                     last_saved = self.step
+                if flags[0] > 0:  # stop after a whole step: its forward already moved batch-norm statistics
+                    if last_saved != self.step:
+                        self.save()
+                    self._close_log()
+                    self._stop(int(flags[0].item()), stop)
                 if flags[2] > 0 and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
                     log.info("budget_s=%g spent at step %d of %d: stopping", cfg.budget_s, self.step, cfg.steps)
                     if self.step % cfg.eval_every:
