@@ -35,7 +35,8 @@ PER_STRATEGY = {
     "fixmatch": ["batch_size=32", "mu=7"],
     "flexmatch": ["batch_size=32", "mu=7"],
     "permanent": ["batch_size=64", "extra.label_every=300"],
-    "local": ["batch_size=64", "extra.local_warmup=400", "extra.pseudo_steps=200", "extra.retrain_steps=100"],
+    # phases in steps, sized for a few minutes on 2 busy cores (about 2-3 steps/s); scale them with the budget
+    "local": ["batch_size=64", "extra.local_warmup=150", "extra.pseudo_steps=100", "extra.retrain_steps=50"],
 }
 
 
