@@ -53,6 +53,7 @@ class Config:
     lambda_u: float = 1.0
     threshold: str = "0.95"  # a number, or a schedule of `epoch`, e.g. 0.9+0.02*epoch
     epoch_steps: int = 0  # 0 = one pass over the unlabeled set (labeled set if none)
+    budget_s: float = 0.0  # wall-clock seconds; the run stops at the first step boundary after (0 = off)
     ema_decay: float = 0.999  # 0 = no EMA model
     augment: str = "weak"  # labeled-view augmentation preset
     strong: str = "randaugment"  # strong-view preset
@@ -198,6 +199,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{key}={getattr(cfg, key)}: expected a positive integer")
     if cfg.lr <= 0:
         raise UserError(f"lr={cfg.lr}: expected a positive number")
+    if cfg.budget_s < 0:
+        raise UserError(f"budget_s={cfg.budget_s}: expected 0 (off) or a number of seconds")
     if not 0 <= cfg.ema_decay < 1:
         raise UserError(f"ema_decay={cfg.ema_decay}: expected 0 (off) or a number in (0, 1)")
     if "/" in cfg.sweep or "/" in cfg.name or cfg.sweep in ("", ".", "..") or cfg.name in (".", ".."):

@@ -117,6 +117,7 @@ class Trainer:
         self.strategy: Strategy = create_strategy(cfg, self.manifest.num_classes)
         if self.strategy.unlabeled_views and (self.unlabeled is None or len(self.unlabeled) == 0):
             raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
+        self.strategy.setup(len(self.unlabeled) if self.unlabeled is not None else 0, self.epoch_steps)
         self.workers = default_workers() if cfg.workers < 0 else cfg.workers
         self.use_cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and self.use_cuda) else None
@@ -185,11 +186,16 @@ class Trainer:
         cfg = self.cfg
         splits: list[SplitSamples] = [self.train]
         pool = Pool(np.zeros(len(self.train), np.int64), np.arange(len(self.train)), self.train.label)
-        extra = self.strategy.labeled_extra()
+        mode = self.strategy.labeled_mode(start)
+        extra = self.strategy.labeled_extra() if mode != "labeled" else None
         if extra is not None and self.unlabeled is not None and len(extra[0]):
             idx, lab = extra[0].numpy(), extra[1].numpy()
-            pool = Pool(np.concatenate([pool.split, np.ones(len(idx), np.int64)]),
-                        np.concatenate([pool.index, idx]), np.concatenate([pool.label, lab]))
+            ones = np.ones(len(idx), np.int64)
+            if mode == "extra":  # the pseudo-labeled samples alone
+                pool = Pool(ones, idx, lab)
+            else:
+                pool = Pool(np.concatenate([pool.split, ones]), np.concatenate([pool.index, idx]),
+                            np.concatenate([pool.label, lab]))
         streams = [Stream(pool, LABELED, cfg.batch_size)]
         views = {LABELED: [make_transform(cfg.augment)]}
         if self.unlabeled is not None:
@@ -265,6 +271,8 @@ class Trainer:
                 if self.strategy.labeling_due(self.step):
                     self._labeling_pass()
                     it = self._loader(self.step)
+                elif self.strategy.loader_due(self.step):
+                    it = self._loader(self.step)
                 seed_step(cfg.seed, self.step, self.info.rank)
                 raw = next(it)
                 batch = self._batch(raw)
@@ -272,13 +280,9 @@ class Trainer:
                 autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with autocast:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
-                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item())],
-                                                         device=self.device))
-                if flags[0] > 0:
-                    if last_saved != self.step:
-                        self.save()
-                    self._close_log()
-                    self._stop(int(flags[0].item()), stop)
+                over = cfg.budget_s > 0 and self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
+                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item()),
+                                                          float(over)], device=self.device))
                 if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
@@ -300,6 +304,18 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save()
                     last_saved = self.step
+                if flags[0] > 0:  # stop after a whole step: its forward already moved batch-norm statistics
+                    if last_saved != self.step:
+                        self.save()
+                    self._close_log()
+                    self._stop(int(flags[0].item()), stop)
+                if flags[2] > 0 and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
+                    log.info("budget_s=%g spent at step %d of %d: stopping", cfg.budget_s, self.step, cfg.steps)
+                    if self.step % cfg.eval_every:
+                        self._evaluate()
+                    if last_saved != self.step:
+                        self.save()
+                    break
         return self._finish()
 
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
@@ -327,6 +343,18 @@ class Trainer:
         idx, probs = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size, self.cfg.batch_size * 4,
                                    self.workers, self.info, self.device)
         self.strategy.on_labeling(idx, probs, self.step)
+        extra = self.strategy.labeled_extra()
+        if extra is not None and self.runlog is not None:
+            sel, lab = extra
+            truth = torch.from_numpy(self.unlabeled.hidden)[sel]
+            known = truth >= 0
+            scalars = {"selected": float(len(sel)), "selected_rate": len(sel) / max(1, len(self.unlabeled))}
+            if known.any():
+                scalars["pl_acc"] = float((lab[known] == truth[known]).float().mean())
+            self.runlog.scalars(self.step, scalars, "labeling")
+            self.runlog.histogram(self.step, "labeling/class_counts", torch.bincount(lab, minlength=self.manifest.num_classes))
+            log.info("labeling pass at step %d: %d selected%s", self.step, len(sel),
+                     f", pl_acc {scalars['pl_acc']:.4f}" if "pl_acc" in scalars else "")
 
     def _log_train(self, loss: Tensor, logs: dict[str, Tensor], images_per_s: float) -> None:
         values = {"loss": loss.detach().float()}
@@ -405,6 +433,8 @@ class Trainer:
             "elapsed_s": round(self.elapsed_s + time.time() - self._t_start, 2),
             "classes": self.manifest.classes, "val_confusion": val.confusion.tolist() if val else None,
         }
+        if self.step < cfg.steps:
+            result["stopped_by"] = "budget_s"
         if self.runlog is not None:
             metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),
                                          ("test_acc", test_acc)) if v is not None}

@@ -68,3 +68,26 @@ def data_config(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     """The normalisation mean and std the backbone was trained with."""
     cfg = timm.data.resolve_data_config({}, model=model)
     return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def prefetch_weights(name: str, tag: str = "", out: Path | None = None) -> str:
+    """Download a timm model's pretrained weights into the HF/timm cache (needs the network,
+    so: a login node), and optionally save them as a state_dict file for `pretrained=FILE`
+    on compute nodes that are offline. Returns the full timm name that was fetched."""
+    check_model_name(name)
+    full = f"{name.split('.', 1)[0]}.{tag}" if tag else name
+    try:
+        model = timm.create_model(full, pretrained=True)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise UserError(f"{full}: cannot download pretrained weights ({str(err).splitlines()[0][:160]})") from None
+    if out is not None:
+        import io
+
+        from sslrun.checkpoint import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, buf.getvalue())
+        log.info("saved %d tensors of %s to %s", len(model.state_dict()), full, out)
+    return full

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sslrun.config import Config
+from sslrun.errors import UserError
 from sslrun.strategies.thresholds import parse_threshold
 
 
@@ -29,6 +30,14 @@ class Batch:
     u_index: Tensor | None = None  # unlabeled samples' indices in their split
     u_truth: Tensor | None = None  # hidden true class for diagnostics, -1 where unknown
     y_index: Tensor | None = None  # labeled samples' indices (or pseudo-labeled ones')
+
+
+@dataclass
+class Mix:
+    """How a labeled batch was mixed: x' = lam * x + (1 - lam) * x[perm]."""
+
+    lam: float
+    perm: Tensor
 
 
 @dataclass
@@ -48,6 +57,27 @@ class Strategy:
         self.cfg = cfg
         self.num_classes = num_classes
         self.threshold_at = parse_threshold(cfg.threshold)
+        self.mixup_alpha = self.extra_number("mixup", 0.0)
+        self.num_unlabeled = 0
+        self.epoch_steps = 1
+
+    def extra_number(self, key: str, default: float, integer: bool = False) -> float:
+        """A non-negative number from `extra.KEY=...`, checked at construction (on the login node)."""
+        value = self.cfg.extra.get(key, default)
+        try:
+            number = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            number = -1
+        if number < 0 or (integer and float(value) != number):
+            kind = "a non-negative integer" if integer else "a non-negative number"
+            raise UserError(f"extra.{key}={value}: expected {kind}")
+        return number
+
+    def setup(self, num_unlabeled: int, epoch_steps: int) -> None:
+        """Learn the data sizes the engine knows: per-sample tables need the unlabeled count,
+        schedules of `epoch` outside a training step need the steps per epoch."""
+        self.num_unlabeled = num_unlabeled
+        self.epoch_steps = max(1, epoch_steps)
 
     def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -71,10 +101,41 @@ class Strategy:
         """(unlabeled indices, pseudo-labels) to train on as labeled samples, or None."""
         return None
 
+    def labeled_mode(self, step: int) -> str:
+        """What the labeled stream draws from from this step on: "both" (labeled set plus
+        `labeled_extra`), "extra" (the extra samples alone; the labeled set if there are none)
+        or "labeled" (the labeled set alone). Read whenever the engine (re)builds its loader."""
+        return "both"
 
-def supervised_loss(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    def loader_due(self, step: int) -> bool:
+        """True when `labeled_mode` changes at this step without a labeling pass: the engine
+        rebuilds its loader before the step (a labeling pass always rebuilds it)."""
+        return False
+
+    # --- MixUp on the labeled part (extra.mixup=alpha) ------------------------------------
+    def mix_labeled(self, x: Tensor) -> tuple[Tensor, Mix | None]:
+        """MixUp (Zhang et al. 2018) of the labeled images, off unless extra.mixup > 0.
+
+        Draws from torch's global generator, which the engine reseeds every step, so a
+        resumed run mixes the same pairs with the same weights.
+        """
+        if self.mixup_alpha <= 0 or x.shape[0] < 2:
+            return x, None
+        lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        perm = torch.randperm(x.shape[0]).to(x.device)
+        return lam * x + (1 - lam) * x[perm], Mix(lam, perm)
+
+
+def labeled_ce(logits: Tensor, y: Tensor, mix: Mix | None = None) -> Tensor:
+    """Cross-entropy on the labeled batch; with MixUp, the same mix of both targets' losses."""
+    if mix is None:
+        return nn.functional.cross_entropy(logits, y)
+    return mix.lam * nn.functional.cross_entropy(logits, y) + (1 - mix.lam) * nn.functional.cross_entropy(logits, y[mix.perm])
+
+
+def supervised_loss(model: nn.Module, batch: Batch, mix: Mix | None = None) -> tuple[Tensor, Tensor]:
     logits = model(batch.x)
-    return nn.functional.cross_entropy(logits, batch.y), logits
+    return labeled_ce(logits, batch.y, mix), logits
 
 
 def pseudo_label_stats(conf: Tensor, labels: Tensor, mask: Tensor, truth: Tensor | None, num_classes: int) -> dict[str, Tensor]:

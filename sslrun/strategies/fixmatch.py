@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sslrun.strategies.base import Batch, StepInfo, Strategy, pseudo_label_stats
+from sslrun.strategies.base import Batch, Mix, StepInfo, Strategy, labeled_ce, pseudo_label_stats
 from sslrun.strategies.registry import register
 
 
@@ -23,20 +23,30 @@ class FixMatch(Strategy):
     def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
         assert batch.u_weak is not None and batch.u_strong is not None
         n, m = batch.x.shape[0], batch.u_weak.shape[0]
-        logits = model(torch.cat([batch.x, batch.u_weak, batch.u_strong]))
+        x, mix = self.mix_labeled(batch.x)
+        logits = model(torch.cat([x, batch.u_weak, batch.u_strong]))
         logits_x, logits_w, logits_s = logits[:n], logits[n:n + m], logits[n + m:]
-        return self.loss_from_logits(logits_x, batch.y, logits_w, logits_s, batch.u_truth, info)
+        return self.loss_from_logits(logits_x, batch.y, logits_w, logits_s, batch.u_truth, info, mix, batch.u_index)
 
     def loss_from_logits(self, logits_x: Tensor, y: Tensor, logits_w: Tensor, logits_s: Tensor,
-                         truth: Tensor | None, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
-        loss_s = F.cross_entropy(logits_x, y)
-        tau = self.threshold_at(info.epoch, info.step)
+                         truth: Tensor | None, info: StepInfo, mix: Mix | None = None,
+                         u_index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        loss_s = labeled_ce(logits_x, y, mix)
         with torch.no_grad():
             probs = torch.softmax(logits_w.detach().float(), dim=1)
             conf, labels = probs.max(dim=1)
+            tau = self.thresholds(conf, labels, info, u_index)
             mask = conf >= tau
         loss_u = (F.cross_entropy(logits_s, labels, reduction="none") * mask).mean()
         loss = loss_s + self.cfg.lambda_u * loss_u
-        logs = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "threshold": torch.tensor(tau)}
+        logs = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "threshold": tau.float().mean()}
         logs.update(pseudo_label_stats(conf, labels, mask, truth, self.num_classes))
+        logs.update(self.extra_logs())
         return loss, logs
+
+    def thresholds(self, conf: Tensor, labels: Tensor, info: StepInfo, u_index: Tensor | None) -> Tensor:
+        """Each unlabeled sample's confidence threshold: FixMatch's is one fixed (or scheduled) tau."""
+        return torch.full_like(conf, self.threshold_at(info.epoch, info.step))
+
+    def extra_logs(self) -> dict[str, Tensor]:
+        return {}

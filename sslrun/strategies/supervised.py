@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sslrun.strategies.base import Batch, StepInfo, Strategy, supervised_loss
+from sslrun.strategies.base import Batch, StepInfo, Strategy, labeled_ce
 from sslrun.strategies.registry import register
 
 
@@ -13,5 +13,6 @@ class Supervised(Strategy):
     name = "supervised"
 
     def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, _ = supervised_loss(model, batch)
+        x, mix = self.mix_labeled(batch.x)
+        loss = labeled_ce(model(x), batch.y, mix)
         return loss, {"loss_s": loss.detach()}
