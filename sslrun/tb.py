@@ -1,8 +1,9 @@
 """Run logging: TensorBoard events and `metrics.jsonl`, written by rank 0 alone.
 
-After a resume from step s, TensorBoard is told to purge events at and after s
-(`purge_step`) and metrics.jsonl loses its lines from s on, so every step appears once in
-both even when the job died between a log line and the next checkpoint.
+After a resume from a checkpoint of step s, TensorBoard is told to purge events after s
+(`purge_step=s+1`) and metrics.jsonl loses its lines after s, so every step appears once in
+both even when the job died between a log line and the next checkpoint. Lines of step s itself
+stay: they were written before the checkpoint of step s, and the resumed loop starts at s+1.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from torch.utils.tensorboard import SummaryWriter
 class RunLog:
     def __init__(self, run_dir: Path, start_step: int) -> None:
         self.path = run_dir / "metrics.jsonl"
-        _truncate_from(self.path, start_step)
+        _truncate_from(self.path, start_step + 1)
         self._file = open(self.path, "a", encoding="utf-8")
-        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1 if start_step > 0 else None)
 
     def scalars(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         for k, v in values.items():
