@@ -274,11 +274,6 @@ class Trainer:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
                 flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item())],
                                                          device=self.device))
-                if flags[0] > 0:
-                    if last_saved != self.step:
-                        self.save()
-                    self._close_log()
-                    self._stop(int(flags[0].item()), stop)
                 if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
@@ -300,6 +295,13 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save()
                     last_saved = self.step
+                # A stop is acted on once the step is whole: its forward pass has already moved the
+                # BatchNorm running statistics, so saving before the step would count them twice.
+                if flags[0] > 0 and self.step < cfg.steps:
+                    if last_saved != self.step:
+                        self.save()
+                    self._close_log()
+                    self._stop(int(flags[0].item()), stop)
         return self._finish()
 
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
