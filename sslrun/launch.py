@@ -262,7 +262,7 @@ def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s
         for cfg, job in pending:
             if job.done():
                 try:
-                    job.result()
+                    job.results()  # every task's: result() refuses a job of several tasks (DDP)
                     outcome[cfg.name] = "ok"
                 except Exception as err:  # noqa: BLE001 - the job's failure, reported per run
                     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
