@@ -96,7 +96,7 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"run": name, "job_id": rec.get("job_id"), "log": rec.get("stderr"), **progress(run_dir)}
         state, restarts = states.get(str(rec.get("job_id")), ("", -1))
         if (run_dir / "result.json").exists():
-            row["state"] = "done" if state in ("", "COMPLETED") else f"done ({state})"
+            row["state"] = "done"  # whatever SLURM says: its record lags the job's last seconds
         else:
             row["state"] = state or ("partial" if (run_dir / "ckpt" / "last.pt").exists() else "new")
         if restarts >= 0 and row["restarts"] is None:

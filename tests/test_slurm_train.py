@@ -190,6 +190,8 @@ def test_usr2_time_limit_preemption_and_requeue_resume_exactly(slurm_cluster, di
                                   slurm_job_name="sslrun-test")
     t_signal["preempted"] = time.time()
     high_job = high.submit(time.sleep, 1.0)
+    # Signal the others only once the high job runs: CPUs they free must not let it in unpreempting.
+    wait_until(lambda: _squeue_state(high_job.job_id) in ("RUNNING", "COMPLETING", ""), 60, "the high job to start")
     t_signal["usr2"] = time.time()
     subprocess.run(["scancel", "--signal=USR2", by_name["usr2"].job_id], check=True)
     t_signal["requeue"] = time.time()
