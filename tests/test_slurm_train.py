@@ -166,8 +166,11 @@ def test_usr2_time_limit_preemption_and_requeue_resume_exactly(slurm_cluster, di
     rest of the node, so the `high` job of 2 CPUs fits only by preempting it.
     """
     from slurm_support import node_name
-    from test_slurm_cluster import node_cpus
 
+    # Idle CPUs before our jobs, not all of them: other jobs on a shared test cluster keep theirs.
+    idle = int(subprocess.run(["sinfo", "-h", "-n", node_name(), "-o", "%C"], capture_output=True, text=True,
+                              check=True).stdout.split("/")[1])
+    low_cpus = max(1, idle - 3)
     sweep = tmp_path / "s"
     ref_proc = subprocess.Popen([sys.executable, str(REPO / "jobs/train.py"), *LONG, f"data={digits}",
                                  f"root={tmp_path / 'fg'}", "sweep=s", "name=reference"], cwd=REPO,
@@ -177,7 +180,6 @@ def test_usr2_time_limit_preemption_and_requeue_resume_exactly(slurm_cluster, di
     # SLURM's time limit: 1 minute. slurmctld checks limits every ~30 s and signals early by that
     # much: with 15 s the USR2 comes 15 to 45 s after each start, after the restart's start-up.
     jobs += _submit(digits, tmp_path, ["timelimit"], LONG, time="1", signal_delay_s=15)
-    low_cpus = node_cpus(node_name()) - 3
     jobs += _submit(digits, tmp_path, ["preempted"], LONG, partition="low", cpus_per_task=low_cpus)
     by_name = {cfg.name: job for cfg, job in jobs}
     t_signal: dict[str, float | None] = {"timelimit": None}
