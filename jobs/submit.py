@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -40,7 +41,10 @@ def main() -> int:
     parser.add_argument("--array", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep axis; several --array give their cartesian product (seeds= means seed=)")
     parser.add_argument("--sweep-file", dest="sweep_file", help="a YAML sweep file (see sweeps/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the runs and the job parameters, submit nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs, the job parameters and the sbatch "
+                        "script, submit nothing")
+    parser.add_argument("--write-runs", metavar="FILE", help="write one line of overrides per unfinished run to FILE "
+                        "(for slurm/train-array.sbatch), submit nothing")
     parser.add_argument("--wait", dest="wait", action="store_true", default=None,
                         help="wait for the runs and print the results table (default with the local executor)")
     parser.add_argument("--no-wait", dest="wait", action="store_false")
@@ -73,11 +77,23 @@ def main() -> int:
     sweep_dir = Path(configs[0].root) / configs[0].sweep
     states = {c.name: launch.run_state(c) for c in configs}
     print(f"{len(configs)} runs in {sweep_dir} ({cluster} executor):")
+    print(f"  {'state':8} {'run (its overrides, unless name= is given)':44} folder")
     for c in configs:
-        print(f"  {states[c.name]:8} {c.name:40} {c.run_dir()}")
+        print(f"  {states[c.name]:8} {c.name:44} {c.run_dir()}")
+    if args.write_runs:
+        todo = [c for c in configs if states[c.name] != "done"]
+        Path(args.write_runs).write_text("".join(" ".join(shlex.quote(o) for o in launch.run_overrides(c)) + "\n"
+                                                 for c in todo))
+        print(f"wrote {len(todo)} runs to {args.write_runs}: sbatch --array=0-{len(todo) - 1} "
+              f"slurm/train-array.sbatch {args.write_runs}")
+        return 0
     if args.dry_run:
         print("job parameters: " + ", ".join(f"{k}={v}" for k, v in params.items())
               + f", slurm_max_num_timeout={opts.max_requeues}")
+        todo = sum(1 for s in states.values() if s != "done")
+        if todo:
+            print(f"sbatch script for the {todo} unfinished runs:")
+            print(launch.sbatch_script(sweep_dir / ".submitit", opts, todo))
         print("dry run: nothing submitted")
         return 0
     jobs = launch.submit(configs, opts)

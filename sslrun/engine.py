@@ -304,7 +304,9 @@ class Trainer:
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save()
                     last_saved = self.step
-                if flags[0] > 0:  # stop after a whole step: its forward already moved batch-norm statistics
+                # A stop is acted on once the step is whole: its forward pass has already moved the
+                # BatchNorm running statistics, so saving before the step would count them twice.
+                if flags[0] > 0 and self.step < cfg.steps:
                     if last_saved != self.step:
                         self.save()
                     self._close_log()

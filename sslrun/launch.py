@@ -9,7 +9,12 @@ resume from their checkpoints, and nothing is ever deleted.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import shlex
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +90,20 @@ class TrainJob(submitit.helpers.Checkpointable):
     """What each task of a SLURM array element runs; requeued with its arguments on USR2."""
 
     def __call__(self, cfg_dict: dict[str, Any]) -> dict[str, Any]:
-        from sslrun.engine import run
+        from sslrun.engine import Interrupted, run
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return run(Config(**cfg_dict))
+        try:
+            return run(Config(**cfg_dict))
+        except Interrupted as stop:
+            if stop.signum == signal.SIGTERM and "SLURM_JOB_ID" in os.environ:
+                # SLURM sends SIGTERM when it ends the job: scancel, `scontrol requeue`, or the end of
+                # a grace time. The state is saved; returning or raising would make submitit record a
+                # result, and a requeued job would read as finished. Wait for SLURM's SIGKILL instead.
+                time.sleep(3600)
+            raise
 
 
 @dataclass
@@ -162,6 +175,8 @@ def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
             params[f"slurm_{key}"] = getattr(opts, key)
     if opts.array_parallelism:
         params["slurm_array_parallelism"] = opts.array_parallelism
+    # One rank that dies ends the whole step at once, instead of leaving its peers in a collective.
+    params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     extra = {}
     for item in opts.sbatch:
         key, sep, value = item.partition("=")
@@ -181,6 +196,27 @@ def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:
     return executor
 
 
+def sbatch_script(folder: Path, opts: ClusterOptions, runs: int) -> str:
+    """The sbatch file submitit would write for `runs` runs, shown by `--dry-run` before anything is sent.
+
+    Uses submitit's own renderer (a private function of submitit 1.5), so the text is what
+    sbatch would receive, not a second opinion of it.
+    """
+    from submitit.slurm import slurm
+
+    equivalent = slurm.SlurmExecutor._equivalence_dict()
+    params: dict[str, Any] = {}
+    for key, value in executor_parameters(opts).items():
+        params[key[len("slurm_"):] if key.startswith("slurm_") else equivalent.get(key, key)] = value
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder / '%j'))}"
+    return slurm._make_sbatch_string(command=command, folder=folder / "%j", map_count=runs if runs > 1 else None, **params)
+
+
+def jobs_file(sweep_dir: Path) -> Path:
+    """Where submit() records which SLURM job runs which run: `status` reads it back."""
+    return sweep_dir / ".submitit" / "jobs.jsonl"
+
+
 def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, submitit.Job]]:
     """Send the runs that are not finished as one array; finished runs are left alone."""
     todo = [c for c in configs if run_state(c) != "done"]
@@ -192,7 +228,28 @@ def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, su
     with executor.batch():
         for cfg in todo:
             jobs.append(executor.submit(TrainJob(), cfg.to_dict()))
+    with open(jobs_file(folder.parent), "a") as f:
+        for cfg, job in zip(todo, jobs):
+            f.write(json.dumps({"run": cfg.name, "job_id": str(job.job_id), "cluster": opts.resolved_cluster(),
+                                "submitted": round(time.time(), 1), "stdout": str(job.paths.stdout),
+                                "stderr": str(job.paths.stderr)}) + "\n")
     return list(zip(todo, jobs))
+
+
+def run_overrides(cfg: Config) -> list[str]:
+    """`key=value` items that rebuild `cfg` with make_config: every key that differs from the default.
+
+    Written by `--write-runs`, one run per line, for the plain sbatch template: `data`, `root`,
+    `sweep` and `name` are included, so the line needs nothing else to find the same folder.
+    """
+    defaults = Config().to_dict()
+    items = []
+    for key, value in cfg.to_dict().items():
+        if key == "extra":
+            items += [f"extra.{k}={json.dumps(v)}" for k, v in value.items()]
+        elif value != defaults[key]:
+            items.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return items
 
 
 def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, str]:
@@ -205,7 +262,7 @@ def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s
         for cfg, job in pending:
             if job.done():
                 try:
-                    job.result()
+                    job.results()  # every task's: result() refuses a job of several tasks (DDP)
                     outcome[cfg.name] = "ok"
                 except Exception as err:  # noqa: BLE001 - the job's failure, reported per run
                     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
