@@ -307,7 +307,8 @@ def test_sigint_in_the_foreground_saves_and_resumes_exactly(digits, tmp_path):
                             stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "s" / "int"
     deadline = time.time() + 180
-    while not (run_dir / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+    metrics = run_dir / "metrics.jsonl"  # opened at the start: wait for its first line (step 2)
+    while not (metrics.exists() and metrics.stat().st_size) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
@@ -316,7 +317,7 @@ def test_sigint_in_the_foreground_saves_and_resumes_exactly(digits, tmp_path):
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     assert "stopped by SIGINT" in err and "Traceback" not in err
     step = checkpoint.load_latest(run_dir / "ckpt")[0]["step"]
-    assert 0 < step < 12
+    assert 2 <= step < 12
     result = _train([*common, "name=int"])
     assert result["weights_sha256"] == straight["weights_sha256"] and result["restarts"] == 1
     assert _steps(run_dir, "train") == list(range(2, 13, 2))
