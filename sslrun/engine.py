@@ -278,6 +278,14 @@ class Trainer:
         last_saved = self.step if state is not None else -1
         with StopSignals() as stop:
             while self.step < cfg.steps:
+                # Before the forward pass: it updates batch-norm buffers, so a state saved after it
+                # would hold one forward pass too many and the resumed run would differ.
+                flags = distributed.all_max(torch.tensor([float(stop.signum)], device=self.device))
+                if flags[0] > 0:
+                    if last_saved != self.step:
+                        self.save()
+                    self._close_log()
+                    self._stop(int(flags[0].item()), stop)
                 if self.strategy.labeling_due(self.step):
                     self._labeling_pass()
                     it = self._loader(self.step)
@@ -288,14 +296,8 @@ class Trainer:
                 autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with autocast:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
-                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item())],
-                                                         device=self.device))
+                flags = distributed.all_max(torch.tensor([float(not torch.isfinite(loss).item())], device=self.device))
                 if flags[0] > 0:
-                    if last_saved != self.step:
-                        self.save()
-                    self._close_log()
-                    self._stop(int(flags[0].item()), stop)
-                if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
                                         f"checkpoint is kept: resume with a lower lr= (now {cfg.lr})")
