@@ -108,7 +108,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.ckpt_dir = self.run_dir / "ckpt"
         self.manifest: Manifest = read_manifest(cfg.data)
-        log.info("shards checked against the manifest (%s)", check_shards(self.manifest, cfg.verify_shards))
+        check_shards(self.manifest, cfg.verify_shards)  # a damaged shard is found before any folder is made
         check_preset("augment", cfg.augment)
         check_preset("strong", cfg.strong)
         self.train = load_split(self.manifest, "train")
