@@ -11,11 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslrun.cli import OneLineParser  # noqa: E402
 from sslrun.errors import exit_on_user_error  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (several: an ensemble, e.g. the seeds)")
     parser.add_argument("--split", default="test", help="split of the run's data set (default: test)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="weights to use (default: best)")

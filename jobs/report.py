@@ -11,13 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslrun.cli import OneLineParser  # noqa: E402
 from sslrun.errors import exit_on_user_error  # noqa: E402
 
 
 def main() -> int:
     from sslrun.report import DEFAULT_BY, make_report
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="sweep folder (ROOT/SWEEP, holding one folder per run)")
     parser.add_argument("--by", default=",".join(DEFAULT_BY), help="config keys that define a setting (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="folder for the CSV and PNG files (default: SWEEP/report)")

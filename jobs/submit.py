@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslrun.cli import OneLineParser  # noqa: E402
 from sslrun.errors import UserError, exit_on_user_error  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def user_defaults() -> dict:
 def main() -> int:
     from sslrun.launch import ClusterOptions
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
     parser.add_argument("--array", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep axis; several --array give their cartesian product (seeds= means seed=)")

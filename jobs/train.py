@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -10,11 +9,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslrun.cli import OneLineParser  # noqa: E402
 from sslrun.errors import exit_on_user_error  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (see README)")
     parser.add_argument("--config", help="a config.yaml to start from (e.g. a run folder's)")
     args = parser.parse_args()

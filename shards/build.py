@@ -20,18 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run without installing
 
 from sslrun.data.build import build_shards, parse_size  # noqa: E402
-from sslrun.errors import UserError, exit_on_user_error  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is a one-line UserError (exit 2), not usage + message."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
-
+from sslrun.cli import OneLineParser  # noqa: E402
+from sslrun.errors import exit_on_user_error  # noqa: E402
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(description="Pack image folders into WebDataset tar shards with a manifest.")
+    p = OneLineParser(description="Pack image folders into WebDataset tar shards with a manifest.")
     p.add_argument("--labeled", required=True, type=Path, help="folder with one sub-folder of images per class")
     p.add_argument("--unlabeled", type=Path, help="folder of loose unlabeled images")
     p.add_argument("--test", type=Path, help="test images: loose (keyed by file id) or in class sub-folders")

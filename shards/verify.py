@@ -3,7 +3,6 @@ problems otherwise, 2 when DIR is not a shard set at all."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -12,16 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run without i
 
 from sslrun.data.manifest import read_manifest  # noqa: E402
 from sslrun.data.verify import verify_shards  # noqa: E402
-from sslrun.errors import UserError, exit_on_user_error  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
+from sslrun.cli import OneLineParser  # noqa: E402
+from sslrun.errors import exit_on_user_error  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(description="Check checksums, counts, labels and that every image decodes.")
+    p = OneLineParser(description="Check checksums, counts, labels and that every image decodes.")
     p.add_argument("folder", type=Path, help="a shard set made by shards/build.py")
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (checksums and counts only)")
     a = p.parse_args(argv)

@@ -9,6 +9,7 @@ Files hold only tensors and plain values and load with `weights_only=True`.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -16,12 +17,17 @@ from typing import Any
 
 import torch
 
+from sslrun.errors import write_error
+
 log = logging.getLogger(__name__)
 
 LAST, PREV = "last.pt", "prev.pt"
+# Temporary names a killed writer can leave behind: `.last.pt.tmp<pid>`, `.best.pt.tmp`, ...
+TMP_PREFIXES = (f".{LAST}.tmp", f".{PREV}.tmp", ".best.pt.tmp")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all; a failed write (full disk) is a UserError naming it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -29,6 +35,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err, "the file there before is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -47,13 +55,39 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def to_bytes(state: dict[str, Any]) -> bytes:
+    """Serialise in memory first: torch.save straight into a file turns a full disk into an
+    obscure RuntimeError ("unexpected pos"), while a plain write raises OSError(ENOSPC)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def remove_stale_tmp(folder: Path) -> list[str]:
+    """Remove the temporary files of a writer that was killed mid-save; returns their names.
+
+    Only this run's process writes here (rank 0), so at start no temporary file is live."""
+    if not folder.is_dir():
+        return []
+    gone = []
+    for p in folder.iterdir():
+        if p.name.startswith(TMP_PREFIXES):
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
+
+
 def save(folder: Path, state: dict[str, Any]) -> Path:
-    """Write `state` as last.pt; the previous last.pt becomes prev.pt (by hard link, atomically)."""
+    """Write `state` as last.pt; the previous last.pt becomes prev.pt (by hard link, atomically).
+
+    A failed write (a full disk) leaves last.pt and prev.pt as they were and raises a
+    UserError naming the file."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{LAST}.tmp{os.getpid()}"
+    data = to_bytes(state)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         last = folder / LAST
@@ -64,9 +98,11 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
             os.link(last, prev_tmp)
             os.replace(prev_tmp, folder / PREV)
         os.replace(tmp, last)
+    except OSError as err:
+        raise write_error(folder / LAST, err, f"the previous checkpoints in {folder} are kept") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+        (folder / f".{PREV}.tmp{os.getpid()}").unlink(missing_ok=True)
     _fsync_dir(folder)
     return folder / LAST
 
@@ -84,7 +120,8 @@ def load_latest(folder: Path) -> tuple[dict[str, Any] | None, str]:
                 raise ValueError("not a sslrun checkpoint")
             return state, "; ".join(notes)
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped and reported
-            notes.append(f"{path} unreadable ({type(err).__name__}: {str(err)[:100]})")
+            why = " ".join(str(err).split())[:100] or "empty"  # one line, whatever torch says
+            notes.append(f"{path} unreadable ({type(err).__name__}: {why})")
             log.warning("checkpoint %s unreadable: %s", path, err)
     return None, "; ".join(notes)
 

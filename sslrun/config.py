@@ -69,6 +69,7 @@ class Config:
     sync_bn: bool = False
     workers: int = -1  # -1 = from the CPUs SLURM gave (or the machine has)
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    verify_shards: str = "auto"  # at start: auto (sha256 for sets <= 256 MiB, else size) | full | size
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific knobs
 
     def run_dir(self) -> Path:
@@ -84,7 +85,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16"),
     "channels_last": ("auto", "on", "off"),
+    "verify_shards": ("auto", "full", "size"),
 }
+# Keys a resumed run may change (recorded in config-history.jsonl): they change how the rest of
+# the run is computed or logged, not what its saved state means. `lr` is the way out of a
+# non-finite loss: resume from the last good checkpoint with a lower one.
+RESUME_KEYS = ("lr", "workers", "threads", "device", "eval_every", "log_every", "ckpt_every", "verify_shards")
 POSITIVE = ("steps", "batch_size", "image_size", "mu", "eval_every", "log_every", "ckpt_every")
 
 # Small settings that make the embedded digits data train in a minute or two on a laptop CPU.

@@ -26,10 +26,10 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from sslrun import checkpoint, distributed
-from sslrun.config import Config, save_config
+from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
-from sslrun.data.samples import SplitSamples, load_split
+from sslrun.data.samples import SplitSamples, check_shards, load_split
 from sslrun.data.transforms import check_preset, make_transform
 from sslrun.errors import UserError
 from sslrun.evaluate import EvalResult, evaluate, labeling_pass
@@ -108,6 +108,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.ckpt_dir = self.run_dir / "ckpt"
         self.manifest: Manifest = read_manifest(cfg.data)
+        check_shards(self.manifest, cfg.verify_shards)  # a damaged shard is found before any folder is made
         check_preset("augment", cfg.augment)
         check_preset("strong", cfg.strong)
         self.train = load_split(self.manifest, "train")
@@ -228,12 +229,18 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("num_classes") != self.manifest.num_classes or state.get("model_name") != self.cfg.model:
             raise UserError(f"{self.ckpt_dir}: checkpoint is for model {state.get('model_name')} with "
-                            f"{state.get('num_classes')} classes, this run has {self.cfg.model} with {self.manifest.num_classes}")
+                            f"{state.get('num_classes')} classes, this run has {self.cfg.model} with {self.manifest.num_classes}: "
+                            f"the folder holds another run; choose another sweep= or name=")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        if float(state.get("config", {}).get("lr", self.cfg.lr)) != self.cfg.lr:  # changed on resume: it takes over
+            self.sched.base_lrs = [self.cfg.lr] * len(self.opt.param_groups)
+            for group in self.opt.param_groups:
+                group["initial_lr"] = self.cfg.lr
+                group["lr"] = self.cfg.lr * self._lr_factor(self.sched.last_epoch)
         self.strategy.load_state_dict(state["strategy"])
         self.step = int(state["step"])
         self.best = dict(state["best"])
@@ -241,6 +248,11 @@ class Trainer:
         self.elapsed_s = float(state["elapsed_s"])
 
     def save(self) -> None:
+        """Save on rank 0; weights that went non-finite are never saved over the last good ones."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._close_log()
+            raise NonFiniteLoss(f"weights became NaN or infinite at step {self.step} of {self.run_dir}; not saved, the "
+                                f"last good checkpoint is kept: resume with a lower lr= (now {self.cfg.lr})")
         if self.info.is_main:
             checkpoint.save(self.ckpt_dir, self.state_dict())
         distributed.barrier()
@@ -251,6 +263,8 @@ class Trainer:
         self._t_start = time.time()
         if self.info.is_main:
             self._claim_run_dir()
+            for name in checkpoint.remove_stale_tmp(self.ckpt_dir):
+                log.warning("removed %s, left by a save that was killed", self.ckpt_dir / name)
         distributed.barrier()
         finished = self.run_dir / "result.json"
         if finished.exists():
@@ -259,6 +273,8 @@ class Trainer:
         state, note = checkpoint.load_latest(self.ckpt_dir)
         if note:
             log.warning("%s", note)
+        if state is None and note:  # it had saved state: never start again from step 0 unasked
+            raise UserError(f"no readable checkpoint: {note}; move {self.ckpt_dir} away to start this run over")
         if state is not None:
             self.load_state_dict(state)
             log.info("resumed %s at step %d (restart %d)", self.run_dir, self.step, self.restarts)
@@ -387,7 +403,7 @@ class Trainer:
             return self.ema.module
         return self.model
 
-    def _evaluate(self) -> EvalResult | None:
+    def _evaluate(self, log_it: bool = True) -> EvalResult | None:
         split = self.val if self.val is not None else None
         if split is None:
             return None
@@ -400,11 +416,8 @@ class Trainer:
                          "model_name": self.cfg.model, "classes": self.manifest.classes,
                          "ema": self.ema.module.state_dict() if self.ema is not None else None, "val_acc": res.acc}
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.ckpt_dir / ".best.pt.tmp"
-                torch.save(state, tmp)
-                checkpoint.atomic_write_bytes(self.ckpt_dir / "best.pt", tmp.read_bytes())
-                tmp.unlink()
-        if self.runlog is not None:
+                checkpoint.atomic_write_bytes(self.ckpt_dir / "best.pt", checkpoint.to_bytes(state))
+        if self.runlog is not None and log_it:
             self.runlog.scalars(self.step, {"acc": res.acc, "loss": res.loss, "count": res.count,
                                             "best_acc": self.best["val_acc"]}, "val")
             self.runlog.confusion(self.step, res.confusion, self.manifest.classes)
@@ -419,7 +432,8 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
-        val = getattr(self, "last_val", None) or self._evaluate()
+        # No last_val: resumed from the final checkpoint, whose step's val line is logged already.
+        val = getattr(self, "last_val", None) or self._evaluate(log_it=False)
         distributed.broadcast_buffers(self.model)
         test_acc = None
         if self.test is not None and (self.test.label >= 0).all() and len(self.test):
@@ -455,11 +469,18 @@ class Trainer:
         if path.exists():
             theirs = yaml.safe_load(path.read_text()) or {}
             ours = yaml.safe_load(mine)
-            differ = [k for k in ours if k not in ("workers", "threads", "device") and theirs.get(k) != ours[k]]
+            changed = {k: [theirs.get(k), ours[k]] for k in ours if theirs.get(k) != ours[k]}
+            differ = [k for k in changed if k not in RESUME_KEYS]
             if differ:
                 k = differ[0]
                 raise UserError(f"{self.run_dir} holds a run with {k}={theirs.get(k)!r}, not {ours[k]!r}; "
                                 f"choose another sweep= or name= (nothing was changed)")
+            if changed and not (self.run_dir / "result.json").exists():
+                line = {"wall": round(time.time(), 3), "changed": changed}
+                with open(self.run_dir / "config-history.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+                checkpoint.atomic_write_text(path, mine)
+                log.warning("resuming with %s", ", ".join(f"{k}={v[1]!r} (was {v[0]!r})" for k, v in changed.items()))
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(path, mine)

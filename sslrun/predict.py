@@ -72,7 +72,7 @@ def load_checkpoint(run_dir: Path, which: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported in one line
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}: {' '.join(str(err).split())[:120]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path}: not a sslrun checkpoint (no 'model' weights)")
     return state

@@ -21,12 +21,20 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.exists():
             continue
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{cfg_path}: not valid YAML ({' '.join(str(err).split())[:120]})") from None
+        if not isinstance(cfg, dict):
+            raise UserError(f"{cfg_path}: expected a mapping of config keys")
         row: dict[str, Any] = {"run": run_dir.name, "dir": str(run_dir), "strategy": cfg.get("strategy"),
                                "seed": cfg.get("seed"), "config": cfg}
         result = run_dir / "result.json"
         if result.exists():
-            row.update(json.loads(result.read_text()))
+            try:
+                row.update(json.loads(result.read_text()))
+            except (ValueError, TypeError) as err:
+                raise UserError(f"{result}: not a valid result file ({err})") from None
             row["state"] = "done"
         else:
             row["state"] = "partial" if (run_dir / "ckpt" / "last.pt").exists() else "started"

@@ -72,9 +72,9 @@ def test_same_name_with_another_config_is_refused(digits, tmp_path):
     base = [*FAST, "steps=2", f"data={digits}", f"root={tmp_path}", "name=x", "strategy=supervised"]
     run_door("jobs/train.py", *base, check=True)
     before = (tmp_path / digits.name / "x" / "config.yaml").read_text()
-    proc = run_door("jobs/train.py", *base, "lr=0.5")
+    proc = run_door("jobs/train.py", *base, "momentum=0.5")
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error:") and "lr=" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().startswith("error:") and "momentum=" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert (tmp_path / digits.name / "x" / "config.yaml").read_text() == before
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from sslrun.data.images import BadImage, check_image, shrink
 from sslrun.data.manifest import FORMAT, ShardEntry
 from sslrun.data.shard_writer import END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
-from sslrun.errors import UserError
+from sslrun.errors import UserError, write_error
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +494,9 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
                 assert s.hidden is not None
                 hidden.append(s.hidden)
         entry = shard.commit(hidden)
+    except OSError as err:  # a full disk: name the shard (a bare write() error names no file)
+        shard.abort()
+        raise OSError(err.errno, err.strerror, str(shard.path)) from None
     except BaseException:
         shard.abort()
         raise
@@ -732,16 +735,20 @@ def build_shards(
 
     initial = sum(len(t.sources) for t in tasks if t.file in results)
     try:
-        _run_tasks(todo, workers, on_done, progress, n_total, initial)
-    finally:
-        journal.close()
-        _remove_tmp(out)
-    manifest = _manifest(plan, tasks, results)
-    rejects = sorted(r for res in results.values() for r in res["rejects"])
-    tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
-    write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
-    write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
-    write_atomic(out / "manifest.json", _dumps(manifest))
+        try:
+            _run_tasks(todo, workers, on_done, progress, n_total, initial)
+        finally:
+            journal.close()
+            _remove_tmp(out)
+        manifest = _manifest(plan, tasks, results)
+        rejects = sorted(r for res in results.values() for r in res["rejects"])
+        tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
+        write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
+        write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
+        write_atomic(out / "manifest.json", _dumps(manifest))
+    except OSError as err:  # a full disk: finished shards stay (journal), partial ones are gone
+        raise write_error(err.filename or out, err, "finished shards are kept: free space and rerun the same "
+                          "command to resume") from None
     (out / PLAN_FILE).unlink(missing_ok=True)
     (out / JOURNAL_FILE).unlink(missing_ok=True)
     log.info("wrote %s: %d samples, %d rejects", out, sum(s["count"] for s in manifest["splits"].values()), len(rejects))

@@ -31,6 +31,8 @@ def decode(data: bytes, where: str = "image") -> Tensor:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             w, h = probe.size
             fmt = probe.format
+    except Image.DecompressionBombError:  # PIL's own refusal at twice its pixel limit
+        raise UserError(f"{where}: over PIL's pixel limit of {2 * (Image.MAX_IMAGE_PIXELS or 0)} (decompression bomb?)") from None
     except Exception as err:  # noqa: BLE001 - every unreadable file is reported the same way
         raise UserError(f"{where}: not a readable image ({type(err).__name__})") from None
     if w * h > MAX_PIXELS:
