@@ -71,10 +71,11 @@ def main() -> int:
         from sslrun.sweeps import read_sweep_file
 
         sweep_rows = read_sweep_file(args.sweep_file)
-    configs = launch.plan_runs(args.array, args.overrides, sweep_rows)
+    # Cluster options first: a typo there must not leave anything behind (planning writes data).
     opts = ClusterOptions(**{k: getattr(args, k) for k in opt_fields})
     cluster = opts.resolved_cluster()
     params = launch.executor_parameters(opts)
+    configs = launch.plan_runs(args.array, args.overrides, sweep_rows)
     sweep_dir = Path(configs[0].root) / configs[0].sweep
     states = {c.name: launch.run_state(c) for c in configs}
     print(f"{len(configs)} runs in {sweep_dir} ({cluster} executor):")
