@@ -44,10 +44,10 @@ def test_submitit_exports_the_same_ranks(monkeypatch):
 
     import submitit
 
-    # export() writes these into os.environ itself; setting them first makes monkeypatch remove
-    # them afterwards (a delenv of an absent key is not undone), so no later test inherits rank 5.
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(key, "")
+    # export() writes RANK, MASTER_ADDR, ... into os.environ itself: give it a copy to write into,
+    # which monkeypatch swaps back afterwards, so no later test inherits rank 5 of 8.
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in keys})
     for key, value in {**TASK_5_OF_8, "SUBMITIT_EXECUTOR": "slurm"}.items():
         monkeypatch.setenv(key, value)
     dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
