@@ -272,13 +272,14 @@ class Trainer:
                 autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with autocast:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
-                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item())],
-                                                         device=self.device))
+                # built on the device and read once, after the all_reduce: the step's only host sync
+                bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+                flags = distributed.all_max(torch.cat([torch.full((1,), float(stop.signum), device=bad.device), bad])).tolist()
                 if flags[0] > 0:
                     if last_saved != self.step:
                         self.save()
                     self._close_log()
-                    self._stop(int(flags[0].item()), stop)
+                    self._stop(int(flags[0]), stop)
                 if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
@@ -305,11 +306,11 @@ class Trainer:
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
         dev = self.device
         return Batch(
-            x=self.prepare(raw["x"]), y=raw["y"].to(dev), y_index=raw["y_index"].to(dev),
+            x=self.prepare(raw["x"]), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
             u_weak=self.prepare(raw["u_weak"]) if "u_weak" in raw else None,
             u_strong=self.prepare(raw["u_strong"]) if "u_strong" in raw else None,
-            u_index=raw["u_index"].to(dev) if "u_index" in raw else None,
-            u_truth=raw["u_truth"].to(dev) if "u_truth" in raw else None,
+            u_index=raw["u_index"].to(dev, non_blocking=True) if "u_index" in raw else None,
+            u_truth=raw["u_truth"].to(dev, non_blocking=True) if "u_truth" in raw else None,
         )
 
     def _stop(self, signum: int, stop: StopSignals) -> None:
