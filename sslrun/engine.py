@@ -297,8 +297,10 @@ class Trainer:
                 with autocast:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
                 over = cfg.budget_s > 0 and self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
-                flags = distributed.all_max(torch.tensor([float(stop.signum), float(not torch.isfinite(loss).item()),
-                                                          float(over)], device=self.device))
+                # built on the device and read once, after the all_reduce: the step's only host sync
+                bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+                host = torch.tensor([float(stop.signum), float(over)], device=bad.device)
+                flags = distributed.all_max(torch.cat([host[:1], bad, host[1:]])).tolist()
                 if flags[1] > 0:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
@@ -326,7 +328,7 @@ class Trainer:
                     if last_saved != self.step:
                         self.save()
                     self._close_log()
-                    self._stop(int(flags[0].item()), stop)
+                    self._stop(int(flags[0]), stop)
                 if flags[2] > 0 and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
                     log.info("budget_s=%g spent at step %d of %d: stopping", cfg.budget_s, self.step, cfg.steps)
                     if self.step % cfg.eval_every:
@@ -339,11 +341,11 @@ class Trainer:
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
         dev = self.device
         return Batch(
-            x=self.prepare(raw["x"]), y=raw["y"].to(dev), y_index=raw["y_index"].to(dev),
+            x=self.prepare(raw["x"]), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
             u_weak=self.prepare(raw["u_weak"]) if "u_weak" in raw else None,
             u_strong=self.prepare(raw["u_strong"]) if "u_strong" in raw else None,
-            u_index=raw["u_index"].to(dev) if "u_index" in raw else None,
-            u_truth=raw["u_truth"].to(dev) if "u_truth" in raw else None,
+            u_index=raw["u_index"].to(dev, non_blocking=True) if "u_index" in raw else None,
+            u_truth=raw["u_truth"].to(dev, non_blocking=True) if "u_truth" in raw else None,
         )
 
     def _stop(self, signum: int, stop: StopSignals) -> None:

@@ -144,9 +144,10 @@ def pseudo_label_stats(conf: Tensor, labels: Tensor, mask: Tensor, truth: Tensor
     if truth is not None:
         known = truth >= 0
         kept = mask & known
+        hit = labels == truth  # masked sums, not boolean indexing: no host sync for a nonzero() size
         if kept.any():
-            out["pl_acc"] = (labels[kept] == truth[kept]).float().mean()
+            out["pl_acc"] = (hit & kept).sum().float() / kept.sum()
         if known.any():
-            out["pl_acc_all"] = (labels[known] == truth[known]).float().mean()
-    out["pl_class_counts"] = torch.bincount(labels[mask], minlength=num_classes).float()
+            out["pl_acc_all"] = (hit & known).sum().float() / known.sum()
+    out["pl_class_counts"] = torch.zeros(num_classes, device=labels.device).index_add_(0, labels, mask.float())
     return out

@@ -1,0 +1,243 @@
+"""Throughput ratios of the training pipeline, each measured side by side in one run.
+
+    PYTHONPATH=. python bench/throughput.py SHARDS [--model resnet18] [--size 96] [--batch 8]
+        [--mu 7] [--steps 6] [--loader-steps 40] [--label-samples 3000] [--workers -1]
+        [--threads 0] [--repeats 3] [--amp off] [--only P2,P3,P4,L]
+
+Prints one line per figure (medians over --repeats, the two sides interleaved so that the
+load of a shared machine hits both alike):
+- P2: loader samples/s / the same decode + fit + views applied to in-memory bytes by the same
+  number of processes (what the plumbing costs: pread, IPC, collate);
+- P3: one FixMatch step (normalise, forward of x + weak + strong, loss, backward, SGD) / a bare
+  forward + backward + SGD of the model on as many pre-normalised images;
+- P4: training steps/s fed by the real loader / fed by pre-made batches in memory (how much
+  the loader slows the trainer, e.g. by taking CPU from it);
+- L: images/s of the pseudo-labeling pass (loader + no_grad forward) / bare no_grad forward.
+Why ratios: absolute rates on a shared 2-core machine move with the neighbours' load; two
+sides measured alternately in the same minute mostly do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from sslrun.config import Config
+from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader, mix_seed
+from sslrun.data.samples import SplitSamples
+from sslrun.data.transforms import decode, fit
+from sslrun.engine import Trainer, seed_step
+from sslrun.evaluate import labeling_pass
+from sslrun.strategies.base import StepInfo
+
+Item = tuple[int, int, int, int, int]
+
+
+def _median_ratio(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple[float, float, float]:
+    """Median of a/b over `repeats` rounds, alternating which side runs first."""
+    ra, rb = [], []
+    for r in range(repeats):
+        for f, out in ((a, ra), (b, rb)) if r % 2 == 0 else ((b, rb), (a, ra)):
+            out.append(f())
+    ratios = sorted(x / y for x, y in zip(ra, rb))
+    return statistics.median(ratios), statistics.median(ra), statistics.median(rb)
+
+
+# --- P2 ------------------------------------------------------------------------------------
+_REF: tuple[ShardImages, list[tuple[Item, bytearray]]] | None = None
+
+
+def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
+    """Decode + fit + views of items [lo, hi) from bytes already in memory; (count, seconds)."""
+    assert _REF is not None
+    ds, data = _REF
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    for (role, _, _, _, seed), raw in data[lo_hi[0]:lo_hi[1]]:
+        img = fit(decode(raw), ds.size)
+        for k, t in enumerate(ds.views[role]):
+            torch.default_generator.manual_seed(mix_seed(seed, k))
+            t(img).contiguous()
+    return lo_hi[1] - lo_hi[0], time.perf_counter() - t0
+
+
+def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
+    global _REF
+    it_loader = tr._loader(0)  # builds the dataset and sampler exactly as training does
+    ds: ShardImages = it_loader._dataset
+    sampler: StepSampler = it_loader._index_sampler
+    del it_loader
+    sampler = StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps)
+    items = [it for step in range(steps) for it in sampler.items(step)]
+    _REF = (ds, [(it, bytearray(ds.read(it[1], it[2]))) for it in items])
+    procs = max(1, workers)
+
+    def loader_rate() -> float:
+        n, t0 = 0, None
+        for k, batch in enumerate(make_loader(ds, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps), workers, False)):
+            if k == 0:  # start the clock at the first batch: worker start-up is not throughput
+                t0 = time.perf_counter()
+                continue
+            n += len(batch["y"]) + len(batch.get("u_index", ()))
+        assert t0 is not None
+        return n / (time.perf_counter() - t0)
+
+    def ref_rate() -> float:
+        per = len(items) // procs
+        chunks = [(i * per, (i + 1) * per) for i in range(procs)]
+        with mp.get_context("fork").Pool(procs) as pool:
+            res = pool.map(_ref_chunk, chunks, chunksize=1)
+        return sum(n for n, _ in res) / max(s for _, s in res)
+
+    r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
+    print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
+          f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+
+
+# --- P3 / P4 ----------------------------------------------------------------------------------
+def _autocast(tr: Trainer):
+    return torch.autocast(tr.device.type, dtype=tr.amp_dtype) if tr.amp_dtype else nullcontext()
+
+
+def _train_step(tr: Trainer, raw: dict[str, Tensor], step: int) -> None:
+    """The hot path of Trainer.fit for one step (no logging, evaluation or checkpoints)."""
+    seed_step(tr.cfg.seed, step, 0)
+    batch = tr._batch(raw)
+    with _autocast(tr):
+        loss, _ = tr.strategy.compute_loss(tr.net, batch, StepInfo(step, 0.0))
+    flags = torch.cat([torch.full((1,), 0.0), (~torch.isfinite(loss.detach())).float().reshape(1)]).tolist()
+    assert flags[1] == 0
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.opt.step()
+    tr.sched.step()
+    if tr.ema is not None:
+        tr.ema.update(tr.model, step=step)
+
+
+def _bare_step(tr: Trainer, x: Tensor, y: Tensor) -> None:
+    with _autocast(tr):
+        loss = F.cross_entropy(tr.net(x), y)
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.opt.step()
+
+
+def p3_p4(tr: Trainer, steps: int, repeats: int) -> None:
+    premade = list(itertools.islice(tr._loader(0), 2))
+    n_img = sum(premade[0][k].shape[0] for k in ("x", "u_weak", "u_strong"))
+    x = torch.cat([tr.prepare(premade[0][k]) for k in ("x", "u_weak", "u_strong")])
+    y = torch.randint(0, tr.manifest.num_classes, (n_img,))
+
+    def timed(fn: Callable[[int], None], n: int) -> float:
+        fn(0)  # warm-up step, not timed
+        t0 = time.perf_counter()
+        for s in range(1, n + 1):
+            fn(s)
+        return n / (time.perf_counter() - t0)
+
+    r, a, b = _median_ratio(lambda: timed(lambda s: _train_step(tr, premade[s % 2], s), steps),
+                            lambda: timed(lambda s: _bare_step(tr, x, y), steps), repeats)
+    print(f"P3 fixmatch step/bare fwd+bwd = {1 / r:.3f} (time ratio; fixmatch {a:.3f} steps/s, bare {b:.3f} steps/s, "
+          f"{n_img} images a step)", flush=True)
+
+    def with_loader() -> float:
+        it = tr._loader(0)
+        _train_step(tr, next(it), 0)  # warm-up: worker start-up and the first batches
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            _train_step(tr, next(it), s)
+        rate = steps / (time.perf_counter() - t0)
+        del it
+        return rate
+
+    def with_premade() -> float:
+        return timed(lambda s: _train_step(tr, premade[s % 2], s), steps)
+
+    r, a, b = _median_ratio(with_loader, with_premade, repeats)
+    print(f"P4 steps/s real loader/pre-made = {r:.3f}  (loader {a:.3f} steps/s with {tr.workers} workers, "
+          f"pre-made {b:.3f} steps/s)", flush=True)
+
+
+def _head(s: SplitSamples, n: int) -> SplitSamples:
+    """The first n samples of a split (a labeling pass over all of CIFAR's takes minutes here)."""
+    return SplitSamples(s.name, s.shards, s.shard[:n], s.offset[:n], s.size[:n], s.label[:n], s.hidden[:n], s.ids[:n])
+
+
+def labeling(tr: Trainer, samples: int, repeats: int) -> None:
+    assert tr.unlabeled is not None
+    model = tr.model
+    split = _head(tr.unlabeled, samples)
+    bs = tr.cfg.batch_size * 4
+    x = tr.prepare(torch.randint(0, 256, (bs, 3, tr.cfg.image_size, tr.cfg.image_size), dtype=torch.uint8))
+    n_batches = max(1, len(split) // bs)
+
+    def real() -> float:
+        t0 = time.perf_counter()
+        with _autocast(tr):
+            labeling_pass(model, split, tr.prepare, tr.cfg.image_size, bs, tr.workers, tr.info, tr.device)
+        return len(split) / (time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def bare() -> float:
+        was = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        with _autocast(tr):
+            for _ in range(n_batches):
+                torch.softmax(model(x).float(), dim=1)
+        model.train(was)
+        return n_batches * bs / (time.perf_counter() - t0)
+
+    r, a, b = _median_ratio(real, bare, repeats)
+    print(f"L labeling pass/bare inference = {r:.3f}  (pass {a:.0f} img/s over {len(split)} samples incl. worker "
+          f"start-up, bare {b:.0f} img/s, batch {bs})", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shards", type=Path)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--mu", type=int, default=7)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--loader-steps", type=int, default=40)
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--amp", default="off")  # the engine's CPU default; bf16 was 8-20x slower at 32 px here
+    p.add_argument("--label-samples", type=int, default=3000)
+    p.add_argument("--only", default="P2,P3,P4,L")
+    a = p.parse_args()
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / "sslrun-bench-throughput"
+    cfg = Config(data=str(a.shards), root=str(root), sweep="b", name="b", model=a.model, image_size=a.size,
+                 batch_size=a.batch, mu=a.mu, steps=10**6, workers=a.workers, threads=a.threads, amp=a.amp,
+                 channels_last="on" if a.amp == "bf16" else "auto", device="cpu", ema_decay=0.999)
+    tr = Trainer(cfg)
+    print(f"# {a.shards} model={a.model} size={a.size} batch={a.batch} mu={a.mu} amp={a.amp} workers={tr.workers} "
+          f"(default_workers()={default_workers()}) torch threads={torch.get_num_threads()} "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    only = set(a.only.split(","))
+    if "P2" in only:
+        p2(tr, tr.workers, a.loader_steps, a.repeats)
+    if only & {"P3", "P4"}:
+        p3_p4(tr, a.steps, a.repeats)
+    if "L" in only:
+        labeling(tr, a.label_samples, a.repeats)
+    print(f"# load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
