@@ -274,7 +274,7 @@ def test_two_rank_job_killed_rank_fails_fast_and_resubmission_resumes(slurm_clus
     # Rank 0 opens one events file per start, and one more for the hparams at the end.
     assert len(events) == result["restarts"] + 2, events
     assert set(files) - set(events) == {"config.yaml", "metrics.jsonl", "result.json", "ckpt/last.pt", "ckpt/prev.pt",
-                                        "ckpt/best.pt"}, files
+                                        "ckpt/best.pt", "restarts.jsonl"}, files
 
 
 def test_dry_run_and_bad_input_submit_nothing(slurm_cluster, digits, tmp_path):
