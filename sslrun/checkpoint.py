@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sslrun.atomic import fsync_dir, write_atomic
 from sslrun.errors import write_error
 
 log = logging.getLogger(__name__)
@@ -28,31 +29,14 @@ TMP_PREFIXES = (f".{LAST}.tmp", f".{PREV}.tmp", ".best.pt.tmp")
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `path` whole or not at all; a failed write (full disk) is a UserError naming it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as err:
         raise write_error(path, err, "the file there before is unchanged") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def to_bytes(state: dict[str, Any]) -> bytes:
@@ -103,7 +87,7 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
         (folder / f".{PREV}.tmp{os.getpid()}").unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return folder / LAST
 
 

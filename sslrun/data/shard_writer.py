@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslrun.atomic import TMP_SUFFIX, fsync_dir, write_atomic  # noqa: F401  (build.py imports them from here)
 from sslrun.data.manifest import ShardEntry
 
 BLOCK = 512
 MTIME = 0
 MODE = 0o444
-TMP_SUFFIX = ".tmp"
 WRITEBACK_EVERY = 8 << 20
 _KEY_OK = re.compile(r"[A-Za-z0-9_\-]+\Z")
 _EXT_OK = re.compile(r"[A-Za-z0-9_\-.]+\Z")
@@ -82,38 +82,6 @@ def member_size(data_len: int) -> int:
 
 
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file (manifest, info) atomically: temporary name, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:  # name the file: a failed write() (a full disk) names none
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class TarShard:
