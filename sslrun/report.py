@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sslrun.checkpoint import atomic_write_bytes, atomic_write_text
+from sslrun.tb import confusion_figure
 from sslrun.config import ALIASES, Config
 from sslrun.errors import UserError
 from sslrun.results import collect
@@ -344,22 +345,8 @@ def plot_confusion(run: Run, path: Path) -> bool:
     matrix, classes = run.result.get("val_confusion"), run.result.get("classes")
     if not matrix or not classes:
         return False
-    plt = _pyplot()
-    m, n = np.asarray(matrix), len(classes)
-    side = min(14.0, 3.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > m.max() / 2 else "black")
-    ax.set_title(f"{run.name}\nval acc {100 * run.result['val_acc']:.2f}% (final EMA weights)", fontsize=9)
-    fig.tight_layout()
+    fig = confusion_figure(matrix, classes,
+                           f"{run.name}\nval acc {100 * run.result['val_acc']:.2f}% (final EMA weights)")
     _save(fig, path)
     return True
 

@@ -94,26 +94,37 @@ def _record_restart(path: Path, start_step: int, kept: list[dict[str, Any]], dro
         f.write(json.dumps(line) + "\n")
 
 
-def confusion_image(matrix: np.ndarray, classes: list[str]) -> np.ndarray:
-    """A labelled confusion-matrix picture (rows: true class, columns: predicted) as an RGB array."""
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str = "") -> Any:
+    """A labelled confusion-matrix figure (rows: true class, columns: predicted); also report.py's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(classes)
-    side = min(12.0, 2.5 + 0.35 * n)
+    m, n = np.asarray(matrix), len(classes)
+    side = min(14.0, 3.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(side, side), dpi=80)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= 20:
+    if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6)
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] > m.max() / 2 else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def confusion_image(matrix: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The confusion-matrix figure as an RGB array, for TensorBoard's image dashboard."""
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(matrix, classes)
     buf = io.BytesIO()
     fig.savefig(buf, format="raw")
     w, h = fig.canvas.get_width_height()
