@@ -32,6 +32,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TINY = ["model=test_resnet", "image_size=32", "batch_size=8", "mu=2", "threads=1", "workers=0",
         "log_every=5", "eval_every=50", "ckpt_every=5"]
 LONG = [*TINY, "steps=150"]
+# The time-limited run must outlast the first limit signal (up to ~45 s after its start, see
+# below) even on a quiet machine, where LONG takes ~40 s: it runs 4x longer, with its own reference.
+LIMITED = [*TINY, "steps=600"]
 
 
 @pytest.fixture(autouse=True)
@@ -175,11 +178,14 @@ def test_usr2_time_limit_preemption_and_requeue_resume_exactly(slurm_cluster, di
     ref_proc = subprocess.Popen([sys.executable, str(REPO / "jobs/train.py"), *LONG, f"data={digits}",
                                  f"root={tmp_path / 'fg'}", "sweep=s", "name=reference"], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref_limited = subprocess.Popen([sys.executable, str(REPO / "jobs/train.py"), *LIMITED, f"data={digits}",
+                                    f"root={tmp_path / 'fg'}", "sweep=s", "name=reference-limited"], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     jobs = _submit(digits, tmp_path, ["usr2", "requeue"], LONG)
     # SLURM's time limit: 1 minute. slurmctld checks limits every ~30 s and signals early by that
     # much: with 15 s the USR2 comes 15 to 45 s after each start, after the restart's start-up.
-    jobs += _submit(digits, tmp_path, ["timelimit"], LONG, time="1", signal_delay_s=15)
+    jobs += _submit(digits, tmp_path, ["timelimit"], LIMITED, time="1", signal_delay_s=15)
     jobs += _submit(digits, tmp_path, ["preempted"], LONG, partition="low", cpus_per_task=low_cpus)
     by_name = {cfg.name: job for cfg, job in jobs}
     t_signal: dict[str, float | None] = {"timelimit": None}
@@ -200,14 +206,17 @@ def test_usr2_time_limit_preemption_and_requeue_resume_exactly(slurm_cluster, di
     subprocess.run(["scontrol", "requeue", by_name["requeue"].job_id], check=True)
 
     _wait_jobs(jobs, timeout=240)
-    _, err = ref_proc.communicate(timeout=120)
-    assert ref_proc.returncode == 0, err[-2000:]
+    for proc in (ref_proc, ref_limited):
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
     print(f"\nTIMING reference + USR2 + requeue + time limit + preemption, submit to all done: "
           f"{time.monotonic() - t0:.1f} s")
     reference = _result(tmp_path / "fg" / "s" / "reference")
     assert reference["restarts"] == 0 and reference["steps"] == 150
+    references = {"timelimit": (_result(tmp_path / "fg" / "s" / "reference-limited"), 600)}
     for name, job in by_name.items():
-        result = _check_exact(sweep / name, reference, 150)
+        ref, steps = references.get(name, (reference, 150))
+        result = _check_exact(sweep / name, ref, steps)
         print(f"{_timeline(name, job, t_signal[name])}; restarts {result['restarts']}; "
               f"weights_sha256 {result['weights_sha256'][:16]} == reference")
     for name in ("usr2", "requeue", "preempted"):
