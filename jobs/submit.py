@@ -20,17 +20,12 @@ from sslrun.errors import UserError, exit_on_user_error  # noqa: E402
 
 def user_defaults() -> dict:
     """Cluster defaults from $SSLRUN_SUBMIT_CONFIG or ~/.config/sslrun/submit.yaml (keys: --option names)."""
-    import yaml
+    from sslrun.yaml_file import read_yaml_mapping
 
     path = Path(os.environ.get("SSLRUN_SUBMIT_CONFIG", "~/.config/sslrun/submit.yaml")).expanduser()
     if not path.exists():
         return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping such as 'partition: gpu'")
+    raw = read_yaml_mapping(path, "a mapping such as 'partition: gpu'", empty_ok=True)
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 

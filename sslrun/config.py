@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sslrun.errors import UserError
+from sslrun.yaml_file import read_yaml_mapping
 
 # Keys that locate a run rather than define it: they never enter the run's name.
 PLACEMENT_KEYS = ("root", "sweep", "name", "data")
@@ -224,12 +225,7 @@ def save_config(cfg: Config) -> str:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read config ({err})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of config keys")
+    raw = read_yaml_mapping(path, "a mapping of config keys", label="config ")
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}'")

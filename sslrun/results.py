@@ -7,9 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sslrun.errors import UserError
+from sslrun.yaml_file import read_yaml_mapping
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -21,12 +20,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.exists():
             continue
-        try:
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{cfg_path}: not valid YAML ({' '.join(str(err).split())[:120]})") from None
-        if not isinstance(cfg, dict):
-            raise UserError(f"{cfg_path}: expected a mapping of config keys")
+        cfg = read_yaml_mapping(cfg_path, "a mapping of config keys", empty_ok=True)
         row: dict[str, Any] = {"run": run_dir.name, "dir": str(run_dir), "strategy": cfg.get("strategy"),
                                "seed": cfg.get("seed"), "config": cfg}
         result = run_dir / "result.json"

@@ -26,10 +26,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sslrun.config import ALIASES, parse_overrides
 from sslrun.errors import UserError
+from sslrun.yaml_file import read_yaml_mapping
 
 TOP_KEYS = ("base", "grid", "grids", "runs")
 
@@ -89,14 +88,7 @@ def read_sweep_file(path: str | Path) -> list[dict[str, str]]:
     in order) starts with what distinguishes it from its neighbours.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"sweep file {path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"sweep file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}")
+    raw = read_yaml_mapping(path, f"a mapping with keys {', '.join(TOP_KEYS)}", label="sweep file ")
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}' (expected {', '.join(TOP_KEYS)})")

@@ -198,7 +198,7 @@ CASES = [
     Case("train-bad-choice", T, lambda e: _train_args(e, "verify_shards=always"), "verify_shards=always: expected one of"),
     Case("train-bad-name", T, lambda e: _train_args(e, "name=a/b"), "expected plain folder names"),
     Case("train-bad-threshold", T, lambda e: _train_args(e, "threshold=0.9+x"), "threshold"),
-    Case("train-missing-config", T, lambda e: ["--config", str(e.tmp / "none.yaml"), *_train_args(e)], "cannot read config"),
+    Case("train-missing-config", T, lambda e: ["--config", str(e.tmp / "none.yaml"), *_train_args(e)], "none.yaml: cannot read"),
     Case("train-config-unknown-key", T, lambda e: ["--config", str(_write(e.tmp / "c.yaml", "lr: 0.1\nspeed: 3\n")),
                                                    *_train_args(e)], "unknown key 'speed'"),
     Case("train-unknown-flag", T, lambda e: _train_args(e, "--fast"), "unrecognized arguments: --fast"),
