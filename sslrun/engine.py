@@ -116,7 +116,7 @@ class Trainer:
         self.unlabeled = load_split(self.manifest, "unlabeled") if "unlabeled" in self.manifest.splits else None
         self.test = load_split(self.manifest, "test") if "test" in self.manifest.splits else None
         self.strategy: Strategy = create_strategy(cfg, self.manifest.num_classes)
-        if self.strategy.unlabeled_views and (self.unlabeled is None or len(self.unlabeled) == 0):
+        if self.strategy.needs_unlabeled and (self.unlabeled is None or len(self.unlabeled) == 0):
             raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
         self.strategy.setup(len(self.unlabeled) if self.unlabeled is not None else 0, self.epoch_steps)
         self.workers = default_workers() if cfg.workers < 0 else cfg.workers

@@ -82,7 +82,7 @@ def check_data(cfg: Config) -> None:
         cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
     manifest = read_manifest(cfg.data)
     strategy = create_strategy(cfg, manifest.num_classes)
-    if strategy.unlabeled_views and "unlabeled" not in manifest.splits:
+    if strategy.needs_unlabeled and "unlabeled" not in manifest.splits:
         raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
 
 

@@ -125,10 +125,11 @@ def test_permanent_threshold_schedule_uses_the_epoch_of_the_pass(tmp_path):
     assert len(strat.labeled_extra()[0]) == 1
 
 
-def test_permanent_and_local_need_unlabeled_data(tmp_path):
-    for name in ("permanent", "local"):
-        with pytest.raises(UserError, match="needs an 'unlabeled' split"):
-            create_strategy(_cfg(tmp_path, strategy=name), 2).setup(0, 1)
+def test_every_strategy_but_supervised_needs_unlabeled_data(tmp_path):
+    needs = {name: create_strategy(_cfg(tmp_path, strategy=name), 2).needs_unlabeled
+             for name in ("supervised", "classical", "fixmatch", "flexmatch", "permanent", "local")}
+    assert needs == {"supervised": False, "classical": True, "fixmatch": True, "flexmatch": True,
+                     "permanent": True, "local": True}
 
 
 # --- local -------------------------------------------------------------------------------

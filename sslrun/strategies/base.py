@@ -52,6 +52,8 @@ class Strategy:
     name: ClassVar[str] = ""
     # Views of each unlabeled sample the data pipeline must produce: (), ("weak",) or ("weak", "strong").
     unlabeled_views: ClassVar[tuple[str, ...]] = ()
+    # True for strategies that label the unlabeled set in passes (permanent, local).
+    labels_in_passes: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         self.cfg = cfg
@@ -60,6 +62,11 @@ class Strategy:
         self.mixup_alpha = self.extra_number("mixup", 0.0)
         self.num_unlabeled = 0
         self.epoch_steps = 1
+
+    @property
+    def needs_unlabeled(self) -> bool:
+        """Whether the run cannot start without a non-empty 'unlabeled' split."""
+        return bool(self.unlabeled_views) or self.labels_in_passes
 
     def extra_number(self, key: str, default: float, integer: bool = False) -> float:
         """A non-negative number from `extra.KEY=...`, checked at construction (on the login node)."""

@@ -34,6 +34,7 @@ WARMUP, PSEUDO, RETRAIN = "warmup", "pseudo", "retrain"
 @register
 class Local(Strategy):
     name = "local"
+    labels_in_passes = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -46,11 +47,6 @@ class Local(Strategy):
         self.pool_index = torch.zeros(0, dtype=torch.long)
         self.pool_label = torch.zeros(0, dtype=torch.long)
         self.last_pass = -1
-
-    def setup(self, num_unlabeled: int, epoch_steps: int) -> None:
-        super().setup(num_unlabeled, epoch_steps)
-        if num_unlabeled == 0:
-            raise UserError(f"strategy={self.name} needs an 'unlabeled' split to label, and the data has none")
 
     def phase(self, step: int) -> tuple[str, int, int]:
         """(phase, round, step within the round) at `step`; round -1 during warm-up."""

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 @register
 class Permanent(Strategy):
     name = "permanent"
+    labels_in_passes = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,8 +43,6 @@ class Permanent(Strategy):
 
     def setup(self, num_unlabeled: int, epoch_steps: int) -> None:
         super().setup(num_unlabeled, epoch_steps)
-        if num_unlabeled == 0:
-            raise UserError(f"strategy={self.name} needs an 'unlabeled' split to label, and the data has none")
         if len(self.table) != num_unlabeled:
             self.table = torch.full((num_unlabeled,), -1, dtype=torch.long)
 
