@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,22 @@ def run_door(script: str, *args: str, env: dict[str, str] | None = None, timeout
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def start_door(script: str, *args: str) -> subprocess.Popen:
+    """Start a command-line door in the background, as `run_door` runs one to the end."""
+    return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, timeout: float = 120,
+                poll_s: float = 0.02) -> None:
+    """Send `sig` to `proc` as soon as `ready()` holds (or it exits, or `timeout` passes)."""
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(poll_s)
+    proc.send_signal(sig)
 
 
 def _train(overrides: list[str]) -> dict:

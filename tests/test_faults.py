@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, REPO, _train, run_door
+from conftest import FAST, REPO, _train, run_door, signal_when, start_door
 from sslrun import checkpoint
 from sslrun.errors import UserError
 
@@ -302,15 +302,10 @@ def test_no_shell_commands_and_only_weights_only_loads():
 def test_sigint_in_the_foreground_saves_and_resumes_exactly(digits, tmp_path):
     common = [*FAST, "strategy=supervised", f"data={digits}", f"root={tmp_path}", "sweep=s"]
     straight = _train([*common, "name=straight"])
-    args = [sys.executable, str(REPO / "jobs/train.py"), *common, "name=int"]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_door("jobs/train.py", *common, "name=int")
     run_dir = tmp_path / "s" / "int"
-    deadline = time.time() + 180
     metrics = run_dir / "metrics.jsonl"  # opened at the start: wait for its first line (step 2)
-    while not (metrics.exists() and metrics.stat().st_size) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    signal_when(proc, lambda: metrics.exists() and metrics.stat().st_size > 0, signal.SIGINT, timeout=180)
     _, err = proc.communicate(timeout=180)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal landed")

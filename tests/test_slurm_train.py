@@ -262,7 +262,7 @@ def test_two_rank_job_killed_rank_fails_fast_and_resubmission_resumes(slurm_clus
     t_kill = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     waited = wait_until(lambda: _squeue_state(job_id) == "", timeout=60, what="the job to end after a rank died")
-    state = wait_until(lambda: _sacct(job_id)[-1]["State"] not in ("RUNNING", "COMPLETING"), 15, "sacct's final state")
+    wait_until(lambda: _sacct(job_id)[-1]["State"] not in ("RUNNING", "COMPLETING"), 15, "sacct's final state")
     final = _sacct(job_id)[-1]["State"]
     print(f"\nTIMING SIGKILL of rank 1 -> job {job_id} gone from squeue {waited:.1f} s ({final}, "
           f"{time.monotonic() - t_kill:.1f} s incl. sacct)")

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO, run_door
+from conftest import FAST, run_door, signal_when, start_door
 
 
 def _result(run_dir: Path) -> dict:
@@ -36,14 +32,9 @@ def test_fixmatch_run_writes_result_and_resumes_exactly_after_sigterm(digits, tm
     assert any((run_dir / "tb").iterdir())
 
     # The same run, stopped by SIGTERM once its first checkpoint exists, then started again.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, str(REPO / "jobs/train.py"), *common, "name=stopped"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_door("jobs/train.py", *common, "name=stopped")
     ckpt = tmp_path / "s" / "stopped" / "ckpt" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    signal_when(proc, ckpt.exists, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal landed (machine too fast for this timing)")
@@ -91,7 +82,8 @@ def test_train_bad_input_is_one_line_exit_2_and_no_run_folder(args, fragment, tm
     assert not any(tmp_path.iterdir())
 
 
-def test_strategy_needing_unlabeled_data_says_so(tmp_path):
+@pytest.mark.parametrize("strategy", ["fixmatch", "permanent"])
+def test_strategy_needing_unlabeled_data_says_so(strategy, tmp_path):
     from PIL import Image
 
     from sslrun.data.build import build_shards
@@ -101,5 +93,6 @@ def test_strategy_needing_unlabeled_data_says_so(tmp_path):
             (tmp_path / "tree" / c).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "tree" / c / f"{c}{i}.png")
     build_shards(tmp_path / "shards", labeled=tmp_path / "tree")
-    proc = run_door("jobs/train.py", f"data={tmp_path / 'shards'}", f"root={tmp_path / 'runs'}", "strategy=fixmatch")
+    proc = run_door("jobs/train.py", f"data={tmp_path / 'shards'}", f"root={tmp_path / 'runs'}", f"strategy={strategy}")
     assert proc.returncode == 2 and "needs an 'unlabeled' split" in proc.stderr
+    assert not (tmp_path / "runs").exists()

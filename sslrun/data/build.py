@@ -411,7 +411,7 @@ def _read_files(sources: list[Source]) -> list[bytes | OSError]:
     out: list[bytes | OSError] = []
     advise = getattr(os, "posix_fadvise", None)
     willneed = getattr(os, "POSIX_FADV_WILLNEED", 0)
-    os_open, os_read, os_close, rdonly = os.open, os.read, os.close, os.O_RDONLY
+    os_open, os_close, rdonly = os.open, os.close, os.O_RDONLY
     ahead = 0
     try:
         for i in range(n):
