@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from sslrun import cifar_cnn  # noqa: F401  (registers model=cifar_cnn with timm)
 from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)

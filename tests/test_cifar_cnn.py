@@ -1,0 +1,37 @@
+"""`model=cifar_cnn`: registered with timm, so it takes the path every backbone takes."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from conftest import FAST, _train
+from sslrun.config import make_config, parse_overrides
+from sslrun.errors import UserError
+from sslrun.models import create_model, data_config
+
+
+def test_registered_in_timm_and_keeps_resolution_until_three_poolings():
+    assert timm.is_model("cifar_cnn")
+    model = timm.create_model("cifar_cnn", num_classes=7)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape == (2, 64, 4, 4)
+    assert model(x).shape == (2, 7)
+    assert model(torch.randn(2, 3, 40, 40)).shape == (2, 7)  # global pooling: any size from 8 px up
+    assert data_config(model) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_frozen_trains_the_head_alone_and_a_pretrained_tag_is_one_clear_error():
+    model = create_model("cifar_cnn", 48, frozen=True)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    assert model.get_classifier().out_features == 48
+    with pytest.raises(UserError, match="model=cifar_cnn pretrained=timm: cannot load weights .*no pretrained weights"):
+        create_model("cifar_cnn", 10, pretrained="timm")
+
+
+def test_a_fixmatch_run_on_it_finishes(digits, tmp_path):
+    overrides = [*FAST, "model=cifar_cnn", f"data={digits}", f"root={tmp_path}", "sweep=s", "name=c"]
+    make_config(parse_overrides(overrides))  # the login-node check accepts the name
+    result = _train(overrides)
+    assert result["model"] == "cifar_cnn" and result["steps"] == 12 and 0 <= result["val_acc"] <= 1
