@@ -111,8 +111,18 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="loader worker processes per run")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds}: expected integers separated by commas, e.g. 42,43,44")
+    if args.parallel < 1 or args.budget_min <= 0:
+        parser.error("--parallel and --budget-min: expected positive numbers")
+    from sslrun.strategies import STRATEGIES
+
+    unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
+    if unknown:
+        parser.error(f"--strategies: unknown '{unknown[0]}' (expected some of {', '.join(sorted(STRATEGIES))})")
     shards = prepare(args.work, args.val_per_class)
-    seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(strategy, seed) for strategy in args.strategies.split(",") for seed in seeds]
     rows: dict[str, list[dict]] = {}
     t0 = time.time()
@@ -122,8 +132,8 @@ def main() -> int:
             rows.setdefault(strategy, []).append(result)
     print(f"\nCIFAR-10, 250 labels, {args.val_per_class * 10} validation images, {args.budget_min:g} min per run, "
           f"{args.parallel} run(s) at a time, seeds {args.seeds}, {(time.time() - t0) / 60:.0f} min in all")
-    print(f"| strategy | val acc % (mean +- std) | per seed | steps (mean) |")
-    print(f"|---|---|---|---|")
+    print("| strategy | val acc % (mean +- std) | per seed | steps (mean) |")
+    print("|---|---|---|---|")
     means = {}
     for strategy, results in rows.items():
         accs = [100 * r["val_acc"] for r in results]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
+import sys
+
 import pytest
 
 from conftest import REPO
@@ -46,3 +49,15 @@ def test_a_failing_run_names_its_log(digits, tmp_path):
     args = argparse.Namespace(budget_min=0.05, parallel=1, work=tmp_path, threads=1, workers=0, extra=["model=no_such_net"])
     with pytest.raises(SystemExit, match=r"supervised seed 42 exited 2; see .*supervised,seed=42\.log"):
         bench.run_group([("supervised", 42)], args, digits)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seeds", "42,x"], "--seeds 42,x: expected integers"),
+    (["--parallel", "0"], "expected positive numbers"),
+    (["--strategies", "fixmatch,fixmach"], "--strategies: unknown 'fixmach'"),
+])
+def test_bad_arguments_are_one_line_before_any_work(args, fragment, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), *args, "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
