@@ -11,8 +11,9 @@ the first step boundary after it and evaluates), a constant learning rate (the s
 budget allows is not known in advance, so a cosine schedule could not end on time), and the
 same small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not bit-reproducible: a benchmark only.
 Each run is its own `jobs/train.py` process; `--parallel N` runs N side by side, a strategy's
-seeds together, so that every strategy meets the same contention (on 2 cores, 3 runs side by
-side each get about half the images per second of one run alone: 1.4x the machine's output).
+seeds together, so that every strategy meets the same contention (on 2 cores, FixMatch on
+cifar_cnn ran 540-590 images/s a run with 3 side by side against 1,250 alone: each run gets
+0.45x, the machine does 1.35x). Figures: bench/RESULTS-accuracy.md.
 Prints a Markdown table of the final validation accuracy (EMA weights), mean +- std over seeds.
 """
 
