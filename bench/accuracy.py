@@ -3,13 +3,14 @@
     python bench/accuracy.py [--budget-min 15] [--seeds 42,43,44] [--strategies supervised,classical,local,fixmatch]
                              [--parallel 3] [key=value ...]
 
-Extracts /work/shared/data/cifar10-train-jpg.tar (50,000 JPEGs in train/<class>/) to --work,
+Extracts ../shared/data/cifar10-train-jpg.tar (50,000 JPEGs in train/<class>/) to --work,
 renames files to <class>_<name> (ids must be unique across classes), and builds a shard set
 with 25 labels per class and a validation split carved from the training images (100 per
 class by default). Every run gets the same wall-clock budget (`budget_s`; the run stops at
 the first step boundary after it and evaluates), a constant learning rate (the step count a
 budget allows is not known in advance, so a cosine schedule could not end on time), and the
-same small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not bit-reproducible: a benchmark only.
+same small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not
+bit-reproducible: a benchmark only.
 Each run is its own `jobs/train.py` process; `--parallel N` runs N side by side, a strategy's
 seeds together, so that every strategy meets the same contention (on 2 cores, FixMatch on
 cifar_cnn ran 540-590 images/s a run with 3 side by side against 1,250 alone: each run gets
@@ -79,19 +80,21 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
     sweep = f"budget{args.budget_min:g}min-x{args.parallel}"
     logs = args.work / "logs" / sweep
     logs.mkdir(parents=True, exist_ok=True)
-    procs = []
+    started = []
     for strategy, seed in jobs:
+        name = f"{strategy},seed={seed}"
         items = [*COMMON, *PER_STRATEGY.get(strategy, []), f"strategy={strategy}", f"seed={seed}",
                  f"budget_s={args.budget_min * 60}", f"threads={args.threads}", f"workers={args.workers}", *args.extra,
-                 f"data={shards}", f"root={args.work / 'runs'}", f"sweep={sweep}", f"name={strategy},seed={seed}"]
-        with open(logs / f"{strategy},seed={seed}.log", "w") as log_file:
-            procs.append(subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), *items], stdout=subprocess.PIPE,
-                                          stderr=log_file, text=True, cwd=REPO))
+                 f"data={shards}", f"root={args.work / 'runs'}", f"sweep={sweep}", f"name={name}"]
+        log_path = logs / f"{name}.log"
+        with open(log_path, "w") as log_file:
+            started.append((log_path, subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), *items],
+                                                       stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO)))
     results = []
-    for (strategy, seed), proc in zip(jobs, procs):
+    for (strategy, seed), (log_path, proc) in zip(jobs, started):
         out, _ = proc.communicate()
         if proc.returncode != 0:
-            raise SystemExit(f"accuracy: {strategy} seed {seed} exited {proc.returncode}; see {logs / f'{strategy},seed={seed}.log'}")
+            raise SystemExit(f"accuracy: {strategy} seed {seed} exited {proc.returncode}; see {log_path}")
         result = json.loads(out)
         results.append(result)
         print(json.dumps({"strategy": strategy, "seed": seed, "val_acc": result["val_acc"], "steps": result["steps"],
