@@ -227,7 +227,7 @@ def main() -> None:
                  channels_last="on" if a.amp == "bf16" else "auto", device="cpu", ema_decay=0.999)
     tr = Trainer(cfg)
     print(f"# {a.shards} model={a.model} size={a.size} batch={a.batch} mu={a.mu} amp={a.amp} workers={tr.workers} "
-          f"(default_workers()={default_workers()}) torch threads={torch.get_num_threads()} "
+          f"(default_workers()={default_workers()[0]}) torch threads={torch.get_num_threads()} "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     only = set(a.only.split(","))
     if "P2" in only:

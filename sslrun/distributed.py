@@ -59,6 +59,34 @@ def from_environment(env: dict[str, str] | None = None) -> DistInfo:
     return DistInfo()
 
 
+def _first_count(text: str) -> int:
+    """SLURM's per-node counts: `4(x2),2` -> 4 (this project's tasks are spread evenly)."""
+    head = text.split(",")[0].split("(")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def cpus_for_rank(env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(CPUs this rank may use, where that figure came from).
+
+    Without `--cpus-per-task` SLURM sets no SLURM_CPUS_PER_TASK; the job still holds
+    SLURM_CPUS_ON_NODE CPUs on this node, shared by its tasks there. Under torchrun the ranks of
+    a node share its CPUs. Reading only SLURM_CPUS_PER_TASK and the affinity mask, a rank saw one
+    CPU and decoded a whole step's images in the trainer process.
+    """
+    env = dict(os.environ if env is None else env)
+    if int(env.get("SLURM_CPUS_PER_TASK", "0") or 0) > 0:
+        return int(env["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK"
+    on_node = int(env.get("SLURM_CPUS_ON_NODE", "0") or 0)
+    if on_node > 0 and "SLURM_JOB_ID" in env:
+        tasks = _first_count(env.get("SLURM_NTASKS_PER_NODE", "") or env.get("SLURM_TASKS_PER_NODE", "")) or 1
+        return max(1, on_node // tasks), f"SLURM_CPUS_ON_NODE={on_node} / {tasks} tasks on the node"
+    affinity = len(os.sched_getaffinity(0))
+    local = int(env.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if local > 1:
+        return max(1, affinity // local), f"{affinity} CPUs / {local} ranks on the node (LOCAL_WORLD_SIZE)"
+    return affinity, f"{affinity} CPUs of this process"
+
+
 def pick_device(choice: str, info: DistInfo) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")

@@ -31,11 +31,13 @@ from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSample
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import SplitSamples, check_shards, load_split
 from sslrun.data.transforms import check_preset, make_transform
+from sslrun.epochs import steps_per_epoch
 from sslrun.errors import UserError
 from sslrun.evaluate import EvalResult, evaluate, labeling_pass
 from sslrun.models import create_model, data_config
 from sslrun.strategies import create_strategy
-from sslrun.strategies.base import Batch, StepInfo, Strategy
+from sslrun.step_logs import pool_logs
+from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy
 from sslrun.tb import RunLog
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,11 @@ class Trainer:
         if self.strategy.needs_unlabeled and (self.unlabeled is None or len(self.unlabeled) == 0):
             raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
         self.strategy.setup(len(self.unlabeled) if self.unlabeled is not None else 0, self.epoch_steps)
-        self.workers = default_workers() if cfg.workers < 0 else cfg.workers
+        if cfg.workers < 0:
+            self.workers, why = default_workers()
+            log.info("rank %d: %d loader workers (%s; set workers= to choose)", self.info.rank, self.workers, why)
+        else:
+            self.workers = cfg.workers
         self.use_cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and self.use_cuda) else None
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.use_cuda)
@@ -171,12 +177,9 @@ class Trainer:
 
     @property
     def epoch_steps(self) -> int:
-        if self.cfg.epoch_steps:
-            return self.cfg.epoch_steps
-        per_step = self.cfg.batch_size * self.info.world
-        if self.strategy.unlabeled_views and self.unlabeled is not None:
-            return max(1, math.ceil(len(self.unlabeled) / (per_step * self.cfg.mu)))
-        return max(1, math.ceil(len(self.train) / per_step))
+        cfg = self.cfg
+        return steps_per_epoch(cfg.epoch_steps, cfg.batch_size, cfg.mu, self.info.world, len(self.train),
+                               len(self.unlabeled) if self.unlabeled is not None else 0)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 NCHW on the host -> normalised float on the device, in one pass."""
@@ -360,9 +363,11 @@ class Trainer:
     def _labeling_pass(self) -> None:
         assert self.unlabeled is not None
         model = self._eval_model()
-        idx, probs = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size, self.cfg.batch_size * 4,
-                                   self.workers, self.info, self.device)
-        self.strategy.on_labeling(idx, probs, self.step)
+        candidates = self.strategy.labeling_candidates()
+        idx, conf, pred = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size,
+                                        self.cfg.batch_size * 4, self.workers, self.info, self.device,
+                                        None if candidates is None else candidates.tolist())
+        self.strategy.on_labeling(idx, conf, pred, self.step)
         extra = self.strategy.labeled_extra()
         if extra is not None and self.runlog is not None:
             sel, lab = extra
@@ -376,25 +381,15 @@ class Trainer:
             log.info("labeling pass at step %d: %d selected%s", self.step, len(sel),
                      f", pl_acc {scalars['pl_acc']:.4f}" if "pl_acc" in scalars else "")
 
-    def _log_train(self, loss: Tensor, logs: dict[str, Tensor], images_per_s: float) -> None:
-        values = {"loss": loss.detach().float()}
-        hists = {}
-        for k, v in logs.items():
-            v = v.detach().float()
-            if v.dim() == 0:
-                values[k] = v
-            else:
-                hists[k] = distributed.all_sum(v.clone())
-        keys = sorted(values)
-        stacked = distributed.all_sum(torch.stack([values[k].to(self.device) for k in keys])) / self.info.world
+    def _log_train(self, loss: Tensor, logs: dict[str, LogValue], images_per_s: float) -> None:
+        scalars, hists = pool_logs(loss, logs, self.info.world, self.device)
         if self.runlog is not None:
-            scalars = {k: float(v) for k, v in zip(keys, stacked.tolist())}
             scalars["lr"] = self.opt.param_groups[0]["lr"]
             scalars["images_per_s"] = images_per_s
             scalars["epoch"] = self.step / self.epoch_steps
             self.runlog.scalars(self.step, scalars, "train")
             for k, v in hists.items():
-                self.runlog.histogram(self.step, f"train/{k}", v.cpu())
+                self.runlog.histogram(self.step, f"train/{k}", v)
             log.info("step %d/%d loss %.4f %s", self.step, self.cfg.steps, scalars["loss"],
                      " ".join(f"{k} {v:.3g}" for k, v in scalars.items() if k not in ("loss",)))
 

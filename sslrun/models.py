@@ -41,11 +41,23 @@ def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool
     if pretrained and Path(pretrained).is_file():
         load_backbone_weights(model, Path(pretrained))
     if frozen:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in model.get_classifier().parameters():
-            p.requires_grad_(True)
+        freeze_backbone(model)
     return model
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Train the classifier alone: the backbone's weights AND its batch-norm statistics fixed.
+
+    requires_grad=False alone leaves BatchNorm in training mode, so every forward still moves
+    the running statistics (and normalises with batch statistics): the "frozen" features drift.
+    timm's freeze() turns each BatchNorm2d into a FrozenBatchNorm2d, which always uses its stored
+    statistics, whatever model.train() is called with.
+    """
+    from timm.utils.model import freeze
+
+    freeze(model, include_bn_running_stats=True)
+    for p in model.get_classifier().parameters():
+        p.requires_grad_(True)
 
 
 def load_backbone_weights(model: nn.Module, path: Path) -> None:

@@ -85,7 +85,7 @@ def load_model(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any], manife
         raise UserError(f"{run_dir}: checkpoint is of model {name}, the run's config says model={cfg['model']}")
     if classes != manifest.num_classes:
         raise UserError(f"{run_dir}: checkpoint has {classes} classes, data {manifest.root} has {manifest.num_classes}")
-    model = create_model(name, manifest.num_classes)
+    model = create_model(name, manifest.num_classes, frozen=bool(cfg.get("frozen")))  # the same layers as trained
     ema = state.get("ema")
     weights = ema if isinstance(ema, dict) else state["model"]
     try:

@@ -90,8 +90,9 @@ def test_classical_threshold_schedule_of_epoch(tmp_path):
 
 
 # --- permanent ---------------------------------------------------------------------------
-def _probs(rows: list[list[float]]) -> torch.Tensor:
-    return torch.tensor(rows)
+def _top(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, class) of softmax rows: what a labeling pass hands a strategy."""
+    return torch.tensor(rows).max(dim=1)
 
 
 def test_permanent_keeps_the_first_label_and_only_adds(tmp_path):
@@ -99,11 +100,11 @@ def test_permanent_keeps_the_first_label_and_only_adds(tmp_path):
     strat.setup(4, 10)
     assert [s for s in range(21) if strat.labeling_due(s)] == [5, 10, 15, 20]
     idx = torch.arange(4)
-    strat.on_labeling(idx, _probs([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.6, 0.4]]), 5)
+    strat.on_labeling(idx, *_top([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.6, 0.4]]), 5)
     assert strat.labeled_extra()[0].tolist() == [0, 2] and strat.labeled_extra()[1].tolist() == [0, 1]
     assert not strat.labeling_due(5), "a pass already done at this step is not repeated on resume"
     # second pass: sample 0 now confidently class 1, sample 1 and 3 cross the threshold
-    strat.on_labeling(idx, _probs([[0.05, 0.95], [0.85, 0.15], [0.1, 0.9], [0.1, 0.9]]), 10)
+    strat.on_labeling(idx, *_top([[0.05, 0.95], [0.85, 0.15], [0.1, 0.9], [0.1, 0.9]]), 10)
     sel, lab = strat.labeled_extra()
     assert sel.tolist() == [0, 1, 2, 3] and lab.tolist() == [0, 0, 1, 1], "sample 0 keeps its first label"
     # the table survives a checkpoint round trip (tensors and ints only)
@@ -118,10 +119,10 @@ def test_permanent_keeps_the_first_label_and_only_adds(tmp_path):
 def test_permanent_threshold_schedule_uses_the_epoch_of_the_pass(tmp_path):
     strat = create_strategy(_cfg(tmp_path, strategy="permanent", threshold="0.9+0.02*epoch"), 2)
     strat.setup(1, 10)  # 10 steps per epoch: tau 0.92 at step 10, 0.94 at step 20
-    p = _probs([[0.93, 0.07]])
-    strat.on_labeling(torch.arange(1), p, 20)
+    p = _top([[0.93, 0.07]])
+    strat.on_labeling(torch.arange(1), *p, 20)
     assert len(strat.labeled_extra()[0]) == 0
-    strat.on_labeling(torch.arange(1), p, 10)
+    strat.on_labeling(torch.arange(1), *p, 10)
     assert len(strat.labeled_extra()[0]) == 1
 
 
@@ -144,9 +145,9 @@ def test_local_phases_by_step(tmp_path):
     assert [strat.labeled_mode(s) for s in (0, 10, 12, 13, 14, 15)] == ["labeled", "extra", "extra", "labeled",
                                                                           "labeled", "extra"]
     # each round labels afresh: a sample over threshold in round 1 but not in round 2 leaves the pool
-    strat.on_labeling(torch.arange(2), _probs([[0.99, 0.01], [0.5, 0.5]]), 10)
+    strat.on_labeling(torch.arange(2), *_top([[0.99, 0.01], [0.5, 0.5]]), 10)
     assert strat.labeled_extra()[0].tolist() == [0]
-    strat.on_labeling(torch.arange(2), _probs([[0.5, 0.5], [0.01, 0.99]]), 15)
+    strat.on_labeling(torch.arange(2), *_top([[0.5, 0.5], [0.01, 0.99]]), 15)
     assert strat.labeled_extra()[0].tolist() == [1] and strat.labeled_extra()[1].tolist() == [1]
     assert not strat.labeling_due(15)
     state = strat.state_dict()

@@ -84,8 +84,8 @@ torch.manual_seed(0)
 model = create_model("test_resnet", 10)
 split = load_split(read_manifest(sys.argv[1]), "unlabeled")
 prep = lambda x: x.float().div(255)
-idx, probs = labeling_pass(model, split, prep, 32, 64, 0, info, torch.device("cpu"))
-torch.save({"idx": idx, "probs": probs}, sys.argv[2] + f".{info.rank}")
+idx, conf, pred = labeling_pass(model, split, prep, 32, 64, 0, info, torch.device("cpu"))
+torch.save({"idx": idx, "conf": conf, "pred": pred}, sys.argv[2] + f".{info.rank}")
 distributed.shutdown()
 """
 
@@ -111,14 +111,14 @@ def test_labeling_pass_over_two_ranks_equals_one(digits, tmp_path):
     torch.manual_seed(0)
     model = create_model("test_resnet", 10)
     split = load_split(read_manifest(digits), "unlabeled")
-    idx, probs = labeling_pass(model, split, lambda x: x.float().div(255), 32, 64, 0, distributed.DistInfo(),
-                               torch.device("cpu"))
-    one = {"idx": idx, "probs": probs}
+    idx, conf, pred = labeling_pass(model, split, lambda x: x.float().div(255), 32, 64, 0, distributed.DistInfo(),
+                                    torch.device("cpu"))
+    one = {"idx": idx, "conf": conf, "pred": pred}
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     for rank in (0, 1):
         two = torch.load(tmp_path / f"two.{rank}", weights_only=True)
         assert torch.equal(two["idx"], one["idx"]) and torch.equal(one["idx"], torch.arange(len(one["idx"])))
-        assert torch.allclose(two["probs"], one["probs"], atol=1e-6)
+        assert torch.allclose(two["conf"], one["conf"], atol=1e-6) and torch.equal(two["pred"], one["pred"])
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ batch. So:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,6 +106,20 @@ class ShardImages(Dataset):
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
         return os.pread(fd, int(s.size[index]), int(s.offset[index]))
 
+    def close(self) -> None:
+        """Close the shard files this process opened (a loader rebuild or an evaluation
+        in the trainer process would otherwise leave one descriptor a shard behind)."""
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
     def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
         role, split_id, index, label, seed = item
         s = self.splits[split_id]
@@ -178,13 +192,18 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers are processes already; threads inside them only contend
 
 
-def eval_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[tuple[int, int, int, int, int]]]:
-    """Rank r evaluates samples r, r+world, ...: every sample exactly once over all ranks."""
-    mine = list(range(rank, n, world))
+def eval_batches(n: int, batch_size: int, rank: int, world: int,
+                 indices: Sequence[int] | None = None) -> list[list[tuple[int, int, int, int, int]]]:
+    """Rank r evaluates samples r, r+world, ... (of `indices`, or of range(n)): every sample
+    exactly once over all ranks; a rank may get none (a split smaller than the world)."""
+    order = range(n) if indices is None else [int(i) for i in indices]
+    mine = list(order[rank::world])
     return [[(EVAL, 0, i, -1, 0) for i in mine[k:k + batch_size]] for k in range(0, len(mine), batch_size)]
 
 
-def default_workers() -> int:
-    """Loader processes: the CPUs SLURM gave this task (or the machine's), less one for the trainer."""
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or len(os.sched_getaffinity(0))
-    return max(0, min(cpus - 1, 16))
+def default_workers() -> tuple[int, str]:
+    """(loader processes, why): the CPUs this rank may use, less one for the trainer, at most 16."""
+    from sslrun.distributed import cpus_for_rank
+
+    cpus, source = cpus_for_rank()
+    return max(0, min(cpus - 1, 16)), f"{cpus} CPUs for this rank ({source}), one left to the trainer"

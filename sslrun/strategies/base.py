@@ -40,6 +40,27 @@ class Mix:
     perm: Tensor
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A logged ratio kept as numerator and denominator, so ranks pool it as sum / sum.
+
+    A mean of per-rank ratios weighs a rank that kept 1 sample like one that kept 100, and a
+    ratio left out where a rank's denominator is 0 makes ranks log different key sets (a
+    collective of mismatched size: gloo errors, NCCL hangs). A Ratio is always logged; the
+    pooled value is left out only when the denominator summed over every rank is 0.
+    """
+
+    num: Tensor
+    den: Tensor
+
+    def item(self) -> float:
+        den = float(self.den)
+        return float(self.num) / den if den else float("nan")
+
+
+LogValue = Tensor | Ratio
+
+
 @dataclass
 class StepInfo:
     step: int
@@ -86,7 +107,9 @@ class Strategy:
         self.num_unlabeled = num_unlabeled
         self.epoch_steps = max(1, epoch_steps)
 
-    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
+        """The step's loss and what to log: scalars (averaged over ranks), Ratios (pooled as
+        sum / sum) and vectors (summed). Every rank must return the same keys."""
         raise NotImplementedError
 
     # --- state that must survive a restart ---------------------------------------------
@@ -101,8 +124,13 @@ class Strategy:
         """True when the engine should run a labeling pass before this step."""
         return False
 
-    def on_labeling(self, indices: Tensor, probs: Tensor, step: int) -> None:
-        """Receive the softmax of every unlabeled sample (gathered over all ranks)."""
+    def labeling_candidates(self) -> Tensor | None:
+        """The unlabeled samples a labeling pass must infer (None: all of them); samples whose
+        outcome cannot change are left out, which at 300k images is most of a pass's cost."""
+        return None
+
+    def on_labeling(self, indices: Tensor, conf: Tensor, pred: Tensor, step: int) -> None:
+        """Receive the top softmax and its class for every candidate (gathered over all ranks)."""
 
     def labeled_extra(self) -> tuple[Tensor, Tensor] | None:
         """(unlabeled indices, pseudo-labels) to train on as labeled samples, or None."""
@@ -145,16 +173,21 @@ def supervised_loss(model: nn.Module, batch: Batch, mix: Mix | None = None) -> t
     return labeled_ce(logits, batch.y, mix), logits
 
 
-def pseudo_label_stats(conf: Tensor, labels: Tensor, mask: Tensor, truth: Tensor | None, num_classes: int) -> dict[str, Tensor]:
-    """Mask rate, pseudo-label accuracy on the hidden truth, per-class counts of kept labels."""
-    out = {"mask_rate": mask.float().mean(), "confidence": conf.mean()}
+def pseudo_label_stats(conf: Tensor, labels: Tensor, mask: Tensor, truth: Tensor | None, num_classes: int) -> dict[str, LogValue]:
+    """Mask rate, pseudo-label accuracy on the hidden truth, per-class counts of kept labels.
+
+    The same keys whatever this rank's batch held: `pl_acc` (over kept samples with known truth)
+    and `pl_acc_all` (over all samples with known truth) are Ratios even when their denominator
+    is 0 here, because another rank may have kept samples in the same step.
+    """
+    maskf = mask.float()
+    out: dict[str, LogValue] = {"mask_rate": Ratio(maskf.sum(), torch.tensor(float(mask.numel()), device=mask.device)),
+                                "confidence": conf.mean()}
     if truth is not None:
         known = truth >= 0
         kept = mask & known
         hit = labels == truth  # masked sums, not boolean indexing: no host sync for a nonzero() size
-        if kept.any():
-            out["pl_acc"] = (hit & kept).sum().float() / kept.sum()
-        if known.any():
-            out["pl_acc_all"] = (hit & known).sum().float() / known.sum()
-    out["pl_class_counts"] = torch.zeros(num_classes, device=labels.device).index_add_(0, labels, mask.float())
+        out["pl_acc"] = Ratio((hit & kept).sum().float(), kept.sum().float())
+        out["pl_acc_all"] = Ratio((hit & known).sum().float(), known.sum().float())
+    out["pl_class_counts"] = torch.zeros(num_classes, device=labels.device).index_add_(0, labels, maskf)
     return out

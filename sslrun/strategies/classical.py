@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sslrun.errors import UserError
-from sslrun.strategies.base import Batch, StepInfo, Strategy, labeled_ce, pseudo_label_stats
+from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, labeled_ce, pseudo_label_stats
 from sslrun.strategies.registry import register
 
 
@@ -50,7 +50,7 @@ class Classical(Strategy):
             return self.alpha_f
         return lee_ramp(step, self.t1, self.t2, self.alpha_f)
 
-    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         assert batch.u_weak is not None
         n = batch.x.shape[0]
         x, mix = self.mix_labeled(batch.x)
@@ -59,7 +59,7 @@ class Classical(Strategy):
         return self.loss_from_logits(loss_s, logits[n:], batch.u_truth, info)
 
     def loss_from_logits(self, loss_s: Tensor, logits_u: Tensor, truth: Tensor | None,
-                         info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+                         info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         tau = self.threshold_at(info.epoch, info.step)
         with torch.no_grad():
             conf, labels = torch.softmax(logits_u.detach().float(), dim=1).max(dim=1)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sslrun.strategies.base import Batch, Mix, StepInfo, Strategy, labeled_ce, pseudo_label_stats
+from sslrun.strategies.base import Batch, LogValue, Mix, StepInfo, Strategy, labeled_ce, pseudo_label_stats
 from sslrun.strategies.registry import register
 
 
@@ -20,7 +20,7 @@ class FixMatch(Strategy):
     name = "fixmatch"
     unlabeled_views = ("weak", "strong")
 
-    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         assert batch.u_weak is not None and batch.u_strong is not None
         n, m = batch.x.shape[0], batch.u_weak.shape[0]
         x, mix = self.mix_labeled(batch.x)
@@ -30,7 +30,7 @@ class FixMatch(Strategy):
 
     def loss_from_logits(self, logits_x: Tensor, y: Tensor, logits_w: Tensor, logits_s: Tensor,
                          truth: Tensor | None, info: StepInfo, mix: Mix | None = None,
-                         u_index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                         u_index: Tensor | None = None) -> tuple[Tensor, dict[str, LogValue]]:
         loss_s = labeled_ce(logits_x, y, mix)
         with torch.no_grad():
             probs = torch.softmax(logits_w.detach().float(), dim=1)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from sslrun.errors import UserError
-from sslrun.strategies.base import Batch, StepInfo, Strategy, supervised_loss
+from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, supervised_loss
 from sslrun.strategies.registry import register
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,8 @@ class Local(Strategy):
     def labeled_mode(self, step: int) -> str:
         return "extra" if self.phase(step)[0] == PSEUDO else "labeled"
 
-    def on_labeling(self, indices: Tensor, probs: Tensor, step: int) -> None:
+    def on_labeling(self, indices: Tensor, conf: Tensor, pred: Tensor, step: int) -> None:
         tau = self.threshold_at(step / self.epoch_steps, step)
-        conf, pred = probs.max(dim=1)
         keep = conf >= tau
         self.pool_index, self.pool_label = indices[keep].clone(), pred[keep].clone()
         self.last_pass = step
@@ -80,7 +79,7 @@ class Local(Strategy):
     def labeled_extra(self) -> tuple[Tensor, Tensor] | None:
         return self.pool_index, self.pool_label
 
-    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         x, mix = self.mix_labeled(batch.x)
         loss, _ = supervised_loss(model, Batch(x=x, y=batch.y), mix)
         phase = self.phase(info.step)[0]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sslrun.errors import UserError
-from sslrun.strategies.base import Batch, StepInfo, Strategy, supervised_loss
+from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, supervised_loss
 from sslrun.strategies.registry import register
 
 log = logging.getLogger(__name__)
@@ -49,20 +49,25 @@ class Permanent(Strategy):
     def labeling_due(self, step: int) -> bool:
         return step >= self.start and (step - self.start) % self.every == 0 and step != self.last_pass
 
-    def on_labeling(self, indices: Tensor, probs: Tensor, step: int) -> None:
+    def labeling_candidates(self) -> Tensor | None:
+        return torch.nonzero(self.table < 0).flatten()  # a taken sample keeps its first label
+
+    def on_labeling(self, indices: Tensor, conf: Tensor, pred: Tensor, step: int) -> None:
         tau = self.threshold_at(step / self.epoch_steps, step)
-        conf, pred = probs.max(dim=1)
         new = (conf >= tau) & (self.table[indices] < 0)
         self.table[indices[new]] = pred[new]
         self.last_pass = step
         log.info("labeling pass at step %d: %d new samples over threshold %.3g, %d in the pool",
                  step, int(new.sum()), tau, int((self.table >= 0).sum()))
+        if tau > 1:
+            log.warning("threshold=%s is %.3g at step %d (epoch %.2f): above 1, no sample can be selected from "
+                        "here on", self.cfg.threshold, tau, step, step / self.epoch_steps)
 
     def labeled_extra(self) -> tuple[Tensor, Tensor] | None:
         idx = torch.nonzero(self.table >= 0).flatten()
         return idx, self.table[idx]
 
-    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         x, mix = self.mix_labeled(batch.x)
         loss, _ = supervised_loss(model, Batch(x=x, y=batch.y), mix)
         taken = (self.table >= 0).float()
