@@ -9,9 +9,7 @@ six hours into a training run.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,39 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def _decoder() -> Callable[[bytes], None]:
-    """torchvision's decoder for JPEG (the bulk, and ~1.5x faster than PIL), PIL for the rest.
-
-    Not torchvision for PNG: in torchvision 0.29.1 `decode_image` on a PNG with a corrupt
-    IDAT chunk kills the process with a segfault ("libpng error: IDAT: incorrect data
-    check"), found by this module's tests; a checker must survive exactly those files.
-    """
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception:  # torchvision missing or broken: PIL alone
-        return _pil
+    """Training's own decoder (transforms.decode): what verify accepts, training reads."""
+    from sslrun.data.transforms import decode
 
     def check(data: bytes) -> None:
-        if data[:3] != b"\xff\xd8\xff":
-            _pil(data)
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            _pil(data)  # JPEGs libjpeg-turbo in torchvision refuses (some CMYK files): PIL decides
+        decode(data)
 
     return check
-
-
-def _pil(data: bytes) -> None:
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB")
 
 
 def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
