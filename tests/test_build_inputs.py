@@ -100,3 +100,26 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "sub-folder 'sub'" in lines[0]
+
+
+def test_shard_set_is_a_wids_index_and_streams_with_webdataset(tmp_path):
+    """Issue 17: each split's `<split>.wids.json` opens with wids, and webdataset streams the shards."""
+    import webdataset as wds
+    import wids
+
+    t = _tree(tmp_path / "in")
+    m = build_shards(tmp_path / "out", labeled=t, val_per_class=1)
+    for name, split in m["splits"].items():
+        ds = wids.ShardListDataset(str(tmp_path / "out" / f"{name}.wids.json"), transformations=[])
+        assert len(ds) == split["count"]
+        keys = set()
+        for i in range(len(ds)):
+            sample = ds[i]
+            png, cls = (sample[k].read() if hasattr(sample[k], "read") else sample[k] for k in (".png", ".cls"))
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and cls.strip().isdigit()
+            keys.add(sample["__key__"])
+        assert len(keys) == split["count"]
+        urls = [str(tmp_path / "out" / s["file"]) for s in split["shards"]]
+        streamed = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb").to_tuple("png", "cls"))
+        assert len(streamed) == split["count"]
+        assert all(img.shape == (6, 6, 3) and int(c) in (0, 1) for img, c in streamed)

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sslrun.data.images import BadImage, check_image, shrink
-from sslrun.data.manifest import FORMAT, ShardEntry
+from sslrun.data.manifest import FORMAT, ShardEntry, wids_file, wids_index
 from sslrun.data.shard_writer import END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
 from sslrun.errors import UserError, write_error
 
@@ -770,6 +770,8 @@ def build_shards(
         tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
         write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
         write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
+        for name, split in manifest["splits"].items():
+            write_atomic(out / wids_file(name), _dumps(wids_index(name, split["shards"])))
         write_atomic(out / "manifest.json", _dumps(manifest))
     except OSError as err:  # a full disk: finished shards stay (journal), partial ones are gone
         raise write_error(err.filename or out, err, "finished shards are kept: free space and rerun the same "
