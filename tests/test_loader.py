@@ -64,3 +64,33 @@ def test_same_pixels_whatever_the_worker_count(digits):
     assert a[0]["x"].dtype == torch.uint8 and a[0]["x"].shape == (4, 3, 32, 32)
     assert not torch.equal(a[0]["u_weak"], a[0]["u_strong"])
     assert (a[0]["u_truth"] >= 0).all(), "digits' unlabeled samples carry their hidden class for diagnostics"
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_repeated_evaluations_and_loader_rebuilds_do_not_grow_open_fds(digits):
+    """Issue 13 item 3: each pass builds a ShardImages; its shard descriptors must not outlive it."""
+    from sslrun.data.loader import collate
+
+    m = read_manifest(digits)
+    split = load_split(m, "test" if "test" in m.splits else "train")
+    items = [b for b in eval_batches(len(split), 64, 0, 1)][:3]
+
+    def one_pass() -> None:
+        ds = ShardImages([split], 8, {EVAL: [make_transform("none")]})
+        for batch in make_loader(ds, items, 0, False):
+            assert batch["x"].shape[1:] == (3, 8, 8)
+
+    one_pass()
+    before = _open_fds()
+    for _ in range(10):
+        one_pass()
+    assert _open_fds() == before
+    with ShardImages([split], 8, {EVAL: [make_transform("none")]}) as ds:
+        collate([ds[it] for it in items[0]])
+        assert _open_fds() > before
+    assert _open_fds() == before

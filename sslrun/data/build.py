@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sslrun.data.images import BadImage, check_image, shrink
-from sslrun.data.manifest import FORMAT, ShardEntry
+from sslrun.data.manifest import FORMAT, ShardEntry, wids_file, wids_index
 from sslrun.data.shard_writer import END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
 from sslrun.errors import UserError, write_error
 
@@ -105,12 +105,23 @@ class _Scan:
             raise UserError(f"input folder {folder} cannot be read (permission denied)") from None
         dirs, files = [], []
         for e in found:
+            try:
+                e.name.encode("utf-8")
+            except UnicodeEncodeError:  # os gives undecodable bytes as surrogates
+                raise UserError(f"input {os.fsencode(e.path)!r}: file name is not UTF-8 "
+                                "(sample ids must be text; rename it, e.g. with convmv)") from None
             (dirs if e.is_dir() else files).append(e)
         return dirs, files
 
     def files(self, folder: Path) -> list[tuple[str, int, int]]:
-        """(path, order, size) of the files in `folder`, sorted by name (for determinism)."""
-        _, files = self.entries(folder)
+        """(path, order, size) of the files in `folder`, sorted by name (for determinism).
+
+        A sub-folder here is fatal, by choice: packing it would need a rule for its ids and
+        class, and skipping it would lose its images without a word."""
+        dirs, files = self.entries(folder)
+        if dirs:
+            raise UserError(f"folder {folder} has a sub-folder '{dirs[0].name}': images in sub-folders are not "
+                            "packed (move them up, or make them class folders of their own)")
         rows = []
         n = self.counter
         for e in files:
@@ -544,6 +555,19 @@ def _check_args(
         raise UserError(f"--max-side must be >= 1, got {max_side}")
 
 
+def _check_out_apart(out: Path, inputs: dict[str, Any]) -> None:
+    """--out inside an input would be scanned as images (or a class) on a rerun; an input
+    inside --out would be mixed with the shards. Both are refused, resolved through symlinks."""
+    o = out.resolve()
+    for flag, folder in inputs.items():
+        if folder is None:
+            continue
+        f = Path(folder).resolve()
+        if o == f or f in o.parents or o in f.parents:
+            raise UserError(f"--out {out} and {flag} {folder} overlap: the shard set must be a folder "
+                            "outside the input folders, and not contain them")
+
+
 def _remove_tmp(out: Path) -> None:
     """Remove temporary files a crashed or interrupted build left (never a final name)."""
     if not out.is_dir():
@@ -698,6 +722,7 @@ def build_shards(
     """
     _check_args(labeled, val_per_class, val_fraction, labels_per_class, shard_samples, shard_bytes, workers, max_side)
     out = Path(out)
+    _check_out_apart(out, {"--labeled": labeled, "--unlabeled": unlabeled, "--test": test})
     t0 = time.monotonic()
     plan = make_plan(
         Path(labeled),
@@ -745,6 +770,8 @@ def build_shards(
         tsv = "path\treason\n" + "".join(f"{_tsv(p)}\t{_tsv(why)}\n" for p, why in rejects)
         write_atomic(out / REJECTS_FILE, tsv.encode("utf-8", "surrogateescape"))
         write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
+        for name, split in manifest["splits"].items():
+            write_atomic(out / wids_file(name), _dumps(wids_index(name, split["shards"])))
         write_atomic(out / "manifest.json", _dumps(manifest))
     except OSError as err:  # a full disk: finished shards stay (journal), partial ones are gone
         raise write_error(err.filename or out, err, "finished shards are kept: free space and rerun the same "

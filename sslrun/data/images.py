@@ -14,10 +14,10 @@ import io
 import struct
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-# JPEG start-of-frame markers that carry the image size (not DHT C4, JPG C8, DAC CC).
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+from sslrun.data.jpeg import jpeg_frame
+
 _TAIL = 64
 
 
@@ -43,27 +43,8 @@ def sniff(data: bytes) -> str | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first SOF marker; None when the marker walk goes wrong.
-    Walks segment headers only (a handful per file), by plain indexing: this runs per image."""
-    i, n = 2, len(data) - 9
-    while i < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker in _SOF:
-            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
-        elif marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
-            i += 2
-        elif marker == 0xDA:  # scan data before any SOF: malformed
-            return None
-        else:
-            length = (data[i + 2] << 8) | data[i + 3]
-            if length < 2:
-                return None
-            i += 2 + length
-    return None
+    frame = jpeg_frame(data)
+    return None if frame is None else (frame[0], frame[1])
 
 
 def _check_pixels(w: int, h: int) -> None:
@@ -117,6 +98,7 @@ def shrink(data: bytes, ext: str, max_side: int) -> tuple[bytes, str]:
     anything else becomes PNG (lossless). Deterministic: same input, same bytes."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        im = ImageOps.exif_transpose(im)  # the re-encoded file carries no EXIF: turn the pixels now
         w, h = im.size
         scale = max_side / max(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))

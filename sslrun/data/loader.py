@@ -89,16 +89,21 @@ class StepSampler:
 
 
 class ShardImages(Dataset):
-    """Reads one sample's bytes from its shard by offset, decodes and augments it."""
+    """Reads one sample's bytes from its shard by offset, decodes and augments it.
+
+    Shard files are opened on first read and closed by close(), by `with`, or when the
+    dataset is collected: an evaluation builds a dataset per pass, and a long run evaluates
+    hundreds of times in one process (issue 13: the descriptors used to pile up)."""
 
     def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]]) -> None:
         self.splits, self.size, self.views = splits, size, views
         self._fds: dict[str, int] = {}
-        self._pid = -1
+        self._pid = os.getpid()
 
     def read(self, split_id: int, index: int) -> bytes:
-        if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
-            self._fds, self._pid = {}, os.getpid()
+        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are its copies to close
+            self.close()
+            self._pid = os.getpid()
         s = self.splits[split_id]
         path = s.shards[int(s.shard[index])]
         fd = self._fds.get(path)
@@ -107,18 +112,26 @@ class ShardImages(Dataset):
         return os.pread(fd, int(s.size[index]), int(s.offset[index]))
 
     def close(self) -> None:
-        """Close the shard files this process opened (a loader rebuild or an evaluation
-        in the trainer process would otherwise leave one descriptor a shard behind)."""
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
                 os.close(fd)
-        self._fds = {}
+            except OSError:
+                pass
+
+    def __enter__(self) -> ShardImages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except OSError:
-            pass
+        self.close()
+
+    def __getstate__(self) -> dict:  # a spawned worker opens its own files
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
 
     def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
         role, split_id, index, label, seed = item

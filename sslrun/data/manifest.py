@@ -32,6 +32,7 @@ manifest.json:
     ...
   },
   "rejects": {"count": 0, "file": "rejects.tsv"},
+  (and beside it, one wids shard index per split, `<split>.wids.json`: see wids_index)
   "build": {... the parameters of the build ...}
 }
 """
@@ -91,6 +92,21 @@ class Manifest:
 
     def shard_paths(self, name: str) -> list[Path]:
         return [self.root / s.file for s in self.split(name).shards]
+
+
+def wids_file(split: str) -> str:
+    return f"{split}.wids.json"
+
+
+def wids_index(split: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """A wids shard index for one split: `wids.ShardListDataset("<set>/train.wids.json")`
+    opens the split for random access with no scan (URLs are relative to the index file)."""
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": split,
+        "shardlist": [{"url": s["file"], "nsamples": s["count"], "filesize": s["bytes"]} for s in shards],
+    }
 
 
 def _need(obj: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sslrun.data.manifest import IMAGE_EXTS, Manifest
-from sslrun.data.tar_index import scan_tar, split_key
+from sslrun.data.tar_index import Member, group_samples, parse_class, scan_tar
 from sslrun.errors import UserError
 
 
@@ -63,10 +63,11 @@ def check_shards(manifest: Manifest, mode: str) -> str:
     return "full" if full else "size"
 
 
-def _read_small(path: Path, offset: int, size: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size).decode("utf-8").strip()
+def _read_member(fd: int, path: Path, m: Member, what: str) -> bytes:
+    raw = os.pread(fd, m.size, m.offset)
+    if len(raw) != m.size:
+        raise UserError(f"shard {path}: byte {m.offset}: {what} member cut short (file changed while read?)")
+    return raw
 
 
 def load_split(manifest: Manifest, split: str) -> SplitSamples:
@@ -81,36 +82,42 @@ def load_split(manifest: Manifest, split: str) -> SplitSamples:
         if os.path.getsize(path) != entry.bytes:
             raise UserError(f"shard {path}: {os.path.getsize(path)} bytes, manifest says {entry.bytes} (damaged or replaced)")
         shard_files.append(str(path))
-        samples: dict[str, dict] = {}
-        order: list[str] = []
-        for m in scan_tar(path):
-            key, ext = split_key(m.name)
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            samples[key][ext] = m
-        if len(order) != entry.count:
-            raise UserError(f"shard {path}: {len(order)} samples, manifest says {entry.count}")
-        for i, key in enumerate(order):
-            parts = samples[key]
-            img = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
-            if img is None:
-                raise UserError(f"shard {path}: sample {key!r} has no image member (has {', '.join(parts)})")
-            label = -1
-            if "cls" in parts:
-                text = _read_small(path, parts["cls"].offset, parts["cls"].size)
-                if not text.isdigit() or int(text) >= manifest.num_classes:
-                    raise UserError(f"shard {path}: sample {key!r} has class {text!r}, expected 0..{manifest.num_classes - 1}")
-                label = int(text)
-            elif info.labeled:
-                raise UserError(f"shard {path}: sample {key!r} of labeled split '{split}' has no .cls member")
-            sid = _read_small(path, parts["id"].offset, parts["id"].size) if "id" in parts else key
-            cols["shard"].append(si)
-            cols["offset"].append(img.offset)
-            cols["size"].append(img.size)
-            cols["label"].append(label)
-            cols["hidden"].append(entry.hidden_labels[i] if entry.hidden_labels is not None else -1)
-            cols["ids"].append(sid)
+        samples = group_samples(scan_tar(path), str(path))
+        if len(samples) != entry.count:
+            raise UserError(f"shard {path}: {len(samples)} samples, manifest says {entry.count}")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i, (key, parts) in enumerate(samples):
+                imgs = [parts[e] for e in IMAGE_EXTS if e in parts]
+                if len(imgs) != 1:
+                    raise UserError(f"shard {path}: sample {key!r} has {len(imgs)} image members (has {', '.join(parts)}), expected 1")
+                img = imgs[0]
+                label = -1
+                if "cls" in parts:
+                    raw = _read_member(fd, path, parts["cls"], ".cls")
+                    c = parse_class(raw, manifest.num_classes)
+                    if c is None:
+                        raise UserError(f"shard {path}: byte {parts['cls'].offset}: sample {key!r} has class {raw[:20]!r}, "
+                                        f"expected ASCII digits 0..{manifest.num_classes - 1}")
+                    label = c
+                elif info.labeled:
+                    raise UserError(f"shard {path}: sample {key!r} of labeled split '{split}' has no .cls member")
+                if "id" in parts:
+                    raw = _read_member(fd, path, parts["id"], ".id")
+                    try:
+                        sid = raw.decode("utf-8").strip()
+                    except UnicodeDecodeError:
+                        raise UserError(f"shard {path}: byte {parts['id'].offset}: sample {key!r} has an .id that is not UTF-8") from None
+                else:
+                    sid = key
+                cols["shard"].append(si)
+                cols["offset"].append(img.offset)
+                cols["size"].append(img.size)
+                cols["label"].append(label)
+                cols["hidden"].append(entry.hidden_labels[i] if entry.hidden_labels is not None else -1)
+                cols["ids"].append(sid)
+        finally:
+            os.close(fd)
     return SplitSamples(
         name=split,
         shards=shard_files,

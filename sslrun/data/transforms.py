@@ -9,15 +9,19 @@ step gets the same pixels whatever the worker count and across restarts.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 
+import numpy as np
+
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from sslrun.data.jpeg import jpeg_frame
 from sslrun.errors import UserError
 
 MAX_PIXELS = 64 * 1024 * 1024  # a decompression bomb is refused before it fills memory
@@ -25,69 +29,80 @@ MAX_PIXELS = 64 * 1024 * 1024  # a decompression bomb is refused before it fills
 Transform = Callable[[Tensor], Tensor]
 
 
-def jpeg_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, or None when `data` is not a JPEG we can read.
-
-    Why not PIL: opening the header with PIL costs about as much as torchvision's whole
-    decode of a small JPEG; walking the marker segments to the SOF marker is a few microseconds.
-    """
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    i = 2
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # segments without a length
-            i += 2
-            continue
-        length = (data[i + 2] << 8) | data[i + 3]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame
-            if i + 9 > n or length < 8:
-                return None
-            h, w = (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
-            return (w, h) if w > 0 and h > 0 else None
-        if marker in (0xD9, 0xDA) or length < 2:  # end of image / scan before any frame header
-            return None
-        i += 2 + length
-    return None
-
-
 def decode(data: bytes | bytearray, where: str = "image") -> Tensor:
-    """Bytes of any common format -> uint8 RGB (3, H, W); grayscale, CMYK and alpha become RGB."""
-    size = jpeg_size(data)
-    if size is not None:
-        if size[0] * size[1] > MAX_PIXELS:
-            raise UserError(f"{where}: {size[0]}x{size[1]} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
+    """Bytes of any format PIL opens -> uint8 RGB (3, H, W), EXIF orientation applied as viewers do.
+
+    The one decoder of the suite (training, evaluation, shards/verify.py): the build keeps each
+    image's original bytes, so decoding happens here, at read time, and nowhere else.
+    JPEGs with 1 or 3 components take torchvision's libjpeg-turbo path (the bulk, and fast);
+    everything else goes through PIL and `to_rgb`. Every failure is a UserError naming `where`.
+    """
+    frame = jpeg_frame(data)
+    if frame is not None and frame[2] in (1, 3):
+        w, h, _ = frame
+        if w * h > MAX_PIXELS:
+            raise UserError(f"{where}: {w}x{h} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
         # torchvision's decoder for JPEG only: it is the fast path that matters, and its PNG
         # decoder crashed the process (not an exception) on a corrupt data chunk in our tests.
         buf = data if isinstance(data, bytearray) else bytearray(data)  # frombuffer wants a writable buffer
         try:
-            img = decode_image(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = decode_image(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                   apply_exif_orientation=True)
             return img[:3] if img.dim() == 3 else img[0, :3]
         except RuntimeError:
-            pass  # e.g. CMYK or progressive oddities: PIL below handles them
+            pass  # e.g. progressive oddities: PIL below handles them
     return _decode_pil(data, where)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """A PIL image of any mode as the 8-bit RGB a viewer shows, EXIF orientation applied.
+
+    - 16- and 32-bit integer modes (I;16*, I: 16-bit PNG, TIFF) keep their top 8 bits of a
+      16-bit range (v / 256, clipped to 0..65535 first); PIL's convert("RGB") clips them to
+      255 instead, so a 16-bit PNG came out as two grey levels.
+    - F (float) follows PIL: values are taken as 0..255, rounded and clipped.
+    - modes with alpha (RGBA, LA, PA, P or L or RGB with a transparency key) are composited
+      over white, as a viewer on a white page shows them (convert("RGB") shows whatever
+      colour the transparent pixels happen to hold).
+    - every other mode (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX) is PIL's convert("RGB").
+    """
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode.startswith("I"):
+        a = np.asarray(im).astype(np.int64)
+        a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "F":
+        a = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255)
+        a = np.nan_to_num(a, nan=0.0).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def _decode_pil(data: bytes | bytearray, where: str) -> Tensor:
     """PIL for everything torchvision's JPEG decoder did not take; every failure is a UserError."""
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise UserError(f"{where}: {w}x{h} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
-            raw = im.convert("RGB").tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise UserError(f"{where}: {w}x{h} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
+                rgb = to_rgb(im)
+                w, h = rgb.size
+                raw = rgb.tobytes()
     except UserError:
         raise
     except Image.DecompressionBombError:  # PIL's own refusal at twice its pixel limit
         raise UserError(f"{where}: over PIL's pixel limit of {2 * (Image.MAX_IMAGE_PIXELS or 0)} (decompression bomb?)") from None
     except Exception as err:  # noqa: BLE001 - every unreadable file is reported the same way
-        raise UserError(f"{where}: not a readable image ({type(err).__name__})") from None
+        msg = str(err).splitlines()[0][:100] if str(err) else ""
+        raise UserError(f"{where}: not a readable image ({type(err).__name__}{': ' + msg if msg else ''})") from None
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1).contiguous()
 
 

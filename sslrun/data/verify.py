@@ -9,52 +9,25 @@ six hours into a training run.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import tarfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from sslrun.data.manifest import IMAGE_EXTS, read_manifest
+from sslrun.data.tar_index import group_samples, parse_class, scan_bytes
+from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def _decoder() -> Callable[[bytes], None]:
-    """torchvision's decoder for JPEG (the bulk, and ~1.5x faster than PIL), PIL for the rest.
-
-    Not torchvision for PNG: in torchvision 0.29.1 `decode_image` on a PNG with a corrupt
-    IDAT chunk kills the process with a segfault ("libpng error: IDAT: incorrect data
-    check"), found by this module's tests; a checker must survive exactly those files.
-    """
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception:  # torchvision missing or broken: PIL alone
-        return _pil
+    """Training's own decoder (transforms.decode): what verify accepts, training reads."""
+    from sslrun.data.transforms import decode
 
     def check(data: bytes) -> None:
-        if data[:3] != b"\xff\xd8\xff":
-            _pil(data)
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            _pil(data)  # JPEGs libjpeg-turbo in torchvision refuses (some CMYK files): PIL decides
+        decode(data)
 
     return check
-
-
-def _pil(data: bytes) -> None:
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB")
 
 
 def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
@@ -78,29 +51,33 @@ def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
             if hashlib.sha256(raw).hexdigest() != entry.sha256:
                 problems.append(f"{where}: sha256 differs from the manifest")
             try:
-                samples = _samples(raw)
-            except (tarfile.TarError, ValueError) as err:
-                problems.append(f"{where}: not a readable tar ({err})")
+                samples = group_samples(scan_bytes(raw, where), where)
+            except UserError as err:
+                problems.append(str(err))
                 continue
             if len(samples) != entry.count:
                 problems.append(f"{where}: {len(samples)} samples, manifest says {entry.count}")
-            for key, members in samples:
+            for key, parts in samples:
+                members = {ext: raw[p.offset:p.offset + p.size] for ext, p in parts.items()}
                 imgs = [e for e in members if e in IMAGE_EXTS]
                 if len(imgs) != 1:
                     problems.append(f"{where}: sample {key} has {len(imgs)} images ({', '.join(members)})")
                     continue
                 if split.labeled:
                     cls = members.get("cls")
-                    try:
-                        c = int(cls.decode("ascii")) if cls is not None else None
-                    except ValueError:
-                        c = None
-                    if c is None or not 0 <= c < m.num_classes:
-                        problems.append(f"{where}: sample {key} has class {cls!r}, expected 0..{m.num_classes - 1}")
+                    c = parse_class(cls, m.num_classes) if cls is not None else None
+                    if c is None:
+                        problems.append(f"{where}: byte {parts['cls'].offset if cls is not None else parts[imgs[0]].offset}: "
+                                        f"sample {key} has class {cls!r:.40}, expected 0..{m.num_classes - 1}")
                     else:
                         per_class[c] += 1
                 elif "cls" in members:
                     problems.append(f"{where}: sample {key} of unlabeled split '{split.name}' has a class")
+                if "id" in members:
+                    try:
+                        members["id"].decode("utf-8")
+                    except UnicodeDecodeError:
+                        problems.append(f"{where}: byte {parts['id'].offset}: sample {key} has an .id that is not UTF-8")
                 if check is not None:
                     try:
                         check(members[imgs[0]])
@@ -116,20 +93,3 @@ def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
         if split.labeled and split.per_class is not None and split.per_class != per_class:
             problems.append(f"{split.name}: per-class counts {per_class} differ from the manifest's {split.per_class}")
     return problems
-
-
-def _samples(raw: bytes) -> list[tuple[str, dict[str, bytes]]]:
-    """Group tar members into samples the way webdataset does (adjacent members, same key)."""
-    out: list[tuple[str, dict[str, bytes]]] = []
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
-        for info in tf:
-            if not info.isfile():
-                raise ValueError(f"member {info.name} is not a regular file")
-            key, _, ext = info.name.partition(".")
-            f = tf.extractfile(info)
-            data = f.read() if f is not None else b""
-            if out and out[-1][0] == key and ext not in out[-1][1]:
-                out[-1][1][ext] = data
-            else:
-                out.append((key, {ext: data}))
-    return out
