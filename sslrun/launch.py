@@ -22,9 +22,9 @@ from typing import Any
 
 import submitit
 
-from sslrun.config import ALIASES, Config, make_config, parse_overrides
-from sslrun.data.manifest import read_manifest
+from sslrun.config import ALIASES, Config, check_text, make_config, parse_overrides, run_name
 from sslrun.errors import UserError
+from sslrun.run_check import check_run
 
 
 def parse_array(items: list[str]) -> list[dict[str, str]]:
@@ -59,31 +59,29 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
     base = parse_overrides(overrides)
     combos = parse_array(array)
     rows = sweep_overrides or [{}]
-    configs, seen = [], set()
+    many = len(rows) * len(combos) > 1
+    configs: list[Config] = []
+    seen: dict[str, dict[str, Any]] = {}
     for row in rows:
         for combo in combos:
-            cfg = make_config({**row, **base, **combo})
-            if cfg.name in seen:
-                continue
-            seen.add(cfg.name)
+            items = {**row, **base, **combo}
+            if many and "name" in base:
+                # `name=myrun --array seeds=42,43`: one name for several runs would plan one run;
+                # the given name becomes a prefix, followed by what tells the runs apart.
+                own = {k: v for k, v in {**row, **combo}.items() if k != "name"}
+                items["name"] = f"{base['name']},{run_name(own)}" if own else base["name"]
+            cfg = make_config(items)
+            key = f"{cfg.sweep}/{cfg.name}"
+            if key in seen:
+                if seen[key] == cfg.to_dict():
+                    continue  # the very same run written twice: planned once
+                raise UserError(f"two different runs would share the folder {cfg.run_dir()}: give each "
+                                f"run its own name= (or leave name= out to derive names from the overrides)")
+            seen[key] = cfg.to_dict()
             configs.append(cfg)
     for cfg in configs:
-        check_data(cfg)
+        check_run(cfg)
     return configs
-
-
-def check_data(cfg: Config) -> None:
-    """Resolve the embedded data set, and check that the run's strategy finds what it needs."""
-    from sslrun.strategies import create_strategy
-
-    if not cfg.data:
-        from sslrun.data.digits import ensure_digits
-
-        cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
-    manifest = read_manifest(cfg.data)
-    strategy = create_strategy(cfg, manifest.num_classes)
-    if strategy.needs_unlabeled and "unlabeled" not in manifest.splits:
-        raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
 
 
 class TrainJob(submitit.helpers.Checkpointable):

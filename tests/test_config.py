@@ -7,6 +7,7 @@ import pytest
 from sslrun.config import make_config, parse_overrides, run_name
 from sslrun.errors import UserError
 from sslrun.launch import parse_array, parse_minutes
+from sslrun.run_check import check_run
 from sslrun.strategies.thresholds import parse_threshold
 
 
@@ -31,13 +32,13 @@ def test_embedded_defaults_apply_only_without_data(tmp_path):
     (["strategy=magic"], "strategy=magic: unknown (expected one of"),
     (["model=resnet_nope"], "model=resnet_nope: not a timm model"),
     (["optimizer=lbfgs"], "optimizer=lbfgs: expected one of sgd, adamw"),
-    (["steps=0"], "steps=0: expected a positive integer"),
+    (["steps=0"], "steps=0: expected an integer >= 1"),
     (["threshold=__import__('os')"], "threshold="),
     (["data=/nonexistent/shards"], "data=/nonexistent/shards: folder does not exist"),
 ])
 def test_bad_overrides_name_the_key(items, fragment, tmp_path):
     with pytest.raises(UserError, match=None) as err:
-        make_config(parse_overrides([*items, f"root={tmp_path}"]))
+        check_run(make_config(parse_overrides([*items, f"root={tmp_path}"])))
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
 
