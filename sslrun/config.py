@@ -106,11 +106,16 @@ class Key:
             return "true or false"
         if self.kind == "str":
             return "a word"
-        what = "an integer" if self.kind == "int" else "a finite number"
+        def show(x: float) -> str:
+            return str(int(x)) if self.kind == "int" else f"{x:g}"
+
+        if self.kind == "int" and self.lo == 1:
+            return "a positive integer" + (f" up to {show(self.hi)}" if self.hi is not None else "")
+        what = "an integer" if self.kind == "int" else "a number"
         if self.lo is not None:
-            what += f" {'>' if self.lo_open else '>='} {self.lo:g}"
+            what += f" {'>' if self.lo_open else '>='} {show(self.lo)}"
         if self.hi is not None:
-            what += f"{' and' if self.lo is not None else ''} {'<' if self.hi_open else '<='} {self.hi:g}"
+            what += f"{' and' if self.lo is not None else ''} {'<' if self.hi_open else '<='} {show(self.hi)}"
         return what
 
     def check(self, name: str, value: Any) -> Any:
@@ -141,7 +146,8 @@ class Key:
             else:
                 number = float(text)
         except (ValueError, OverflowError):
-            raise UserError(f"{name}={text}: expected {self.expected()}") from None
+            kind = "an integer" if self.kind == "int" else "a number"
+            raise UserError(f"{name}={text}: expected {kind} ({self.expected()})") from None
         if not math.isfinite(number):
             raise UserError(f"{name}={text}: expected {self.expected()}")
         low_bad = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
@@ -213,6 +219,8 @@ def check_text(name: str, text: str) -> None:
 def closest(name: str, known: list[str]) -> str:
     """` (did you mean X?)` for the nearest known name, or ""."""
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not match:  # `t1_typo` is far from `t1` by ratio, but starts with it
+        match = sorted((k for k in known if name.startswith(k) or k.startswith(name)), key=len, reverse=True)[:1]
     return f" (did you mean {match[0]}?)" if match else ""
 
 
@@ -266,10 +274,10 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     """`["seed=1", "extra.t1=2"]` -> ordered dict; unknown keys go to `extra` only as `extra.k=v`."""
     out: dict[str, str] = {}
     for item in items:
-        check_text("override", item)
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
+        check_text(f"override {key!r}", item)
         key = ALIASES.get(key.strip(), key.strip())
         if key.startswith("extra."):
             if not re.fullmatch(r"extra\.[A-Za-z_][A-Za-z0-9_]*", key):
@@ -339,8 +347,8 @@ def validate(cfg: Config) -> None:
     for key in ("sweep", "name"):
         value = getattr(cfg, key)
         if not value or "/" in value or value in (".", "..") or value.startswith("-") or len(value) > MAX_NAME:
-            raise UserError(f"{key}={value!r}: expected a plain folder name of 1 to {MAX_NAME} characters "
-                            "without '/', not starting with '-'")
+            raise UserError(f"{key}={value!r}: expected plain folder names (1 to {MAX_NAME} characters, "
+                            "no '/', not starting with '-')")
     if Path(cfg.root).exists() and not Path(cfg.root).is_dir():
         raise UserError(f"root={cfg.root}: is a file; expected a folder for the runs (it is made if missing)")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):

@@ -16,7 +16,8 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,39 @@ class ClusterOptions:
     max_requeues: int = 1000
     sbatch: list[str] = field(default_factory=list)  # extra sbatch options, key=value
 
+    def check(self) -> None:
+        """Every option's type and range, and no control character in any value that reaches the
+        sbatch script (a newline there is a line of its own: a command). Called before planning."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "sbatch":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise UserError(f"{flag}: expected a list of option=value texts, got {value!r}")
+                for item in value:
+                    check_text(f"{flag} {item!r}", item)
+            elif isinstance(f.default, int):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise UserError(f"{flag} {value!r}: expected an integer")
+                low = 1 if f.name == "nodes" else 0
+                if not low <= value <= 100_000:
+                    raise UserError(f"{flag} {value}: expected an integer from {low} to 100000")
+            else:
+                if not isinstance(value, str):
+                    raise UserError(f"{flag} {value!r}: expected a word")
+                check_text(flag, value)
+                if value.startswith("-"):
+                    raise UserError(f"{flag} {value!r}: expected a value, not an option")
+        if self.cluster not in ("auto", "slurm", "local"):
+            raise UserError(f"--cluster {self.cluster}: expected auto, slurm or local")
+        if self.name and not re.fullmatch(r"[A-Za-z0-9_.+=,\-]{1,100}", self.name):
+            raise UserError(f"--name {self.name!r}: expected 1 to 100 letters, digits or _.+=,-")
+        parse_minutes(self.time)
+        for item in self.sbatch:
+            key, sep, _ = item.partition("=")
+            if not sep or not re.fullmatch(r"-{0,2}[A-Za-z][A-Za-z0-9_-]*", key):
+                raise UserError(f"--sbatch {item!r}: expected option=value, e.g. --sbatch mail-type=END")
+
     def resolved_cluster(self) -> str:
         if self.cluster == "auto":
             return "slurm" if shutil.which("sbatch") else "local"
@@ -155,6 +189,7 @@ def parse_minutes(text: str) -> int:
 
 
 def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
+    opts.check()
     tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
     params: dict[str, Any] = {
         "name": opts.name,

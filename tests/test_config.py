@@ -32,7 +32,7 @@ def test_embedded_defaults_apply_only_without_data(tmp_path):
     (["strategy=magic"], "strategy=magic: unknown (expected one of"),
     (["model=resnet_nope"], "model=resnet_nope: not a timm model"),
     (["optimizer=lbfgs"], "optimizer=lbfgs: expected one of sgd, adamw"),
-    (["steps=0"], "steps=0: expected an integer >= 1"),
+    (["steps=0"], "steps=0: expected a positive integer"),
     (["threshold=__import__('os')"], "threshold="),
     (["data=/nonexistent/shards"], "data=/nonexistent/shards: folder does not exist"),
 ])

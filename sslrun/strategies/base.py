@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from sslrun.config import Config, Key
-from sslrun.errors import UserError
 from sslrun.strategies.thresholds import parse_threshold
 
 

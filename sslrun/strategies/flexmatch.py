@@ -25,7 +25,6 @@ from torch import Tensor
 
 from sslrun import distributed
 from sslrun.config import Key
-from sslrun.errors import UserError
 from sslrun.strategies.base import StepInfo
 from sslrun.strategies.fixmatch import FixMatch
 from sslrun.strategies.registry import register

@@ -88,7 +88,10 @@ class _Parser:
     def number(self, token: str) -> float:
         if not token or not (token[0].isdigit() or token[0] == "."):
             raise self.fail(f"expected a number, got '{token}'" if token else "expected a number at the end")
-        value = float(token)
+        try:
+            value = float(token)
+        except ValueError:
+            raise self.fail(f"'{token}' is not a number") from None
         if not math.isfinite(value):
             raise self.fail(f"'{token}' is not a finite number")
         return value
