@@ -230,19 +230,44 @@ def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:
 
 
 def sbatch_script(folder: Path, opts: ClusterOptions, runs: int) -> str:
-    """The sbatch file submitit would write for `runs` runs, shown by `--dry-run` before anything is sent.
+    """The sbatch file for `runs` runs, shown by `--dry-run` before anything is sent.
 
-    Uses submitit's own renderer (a private function of submitit 1.5), so the text is what
-    sbatch would receive, not a second opinion of it.
+    Rendered here from the same executor parameters that `make_executor` hands to submitit
+    (its renderer is private API, which may change in any release), in submitit 1.5's layout:
+    sorted `#SBATCH` lines, then the srun line that starts submitit's job runner.
     """
-    from submitit.slurm import slurm
-
-    equivalent = slurm.SlurmExecutor._equivalence_dict()
-    params: dict[str, Any] = {}
-    for key, value in executor_parameters(opts).items():
-        params[key[len("slurm_"):] if key.startswith("slurm_") else equivalent.get(key, key)] = value
+    params = executor_parameters(opts)
+    array = runs > 1
+    logs = folder / ("%A_%a" if array else "%j")
+    stem = "%A_%a" if array else "%j"
+    lines: dict[str, str] = {
+        "job-name": params["name"],
+        "nodes": str(params["nodes"]),
+        "ntasks-per-node": str(params["tasks_per_node"]),
+        "time": str(params["timeout_min"]),
+        "signal": f"USR2@{params['slurm_signal_delay_s']}",
+        "open-mode": "append",
+        "wckey": "submitit",
+        "output": str(logs / f"{stem}_0_log.out"),
+        "error": str(logs / f"{stem}_0_log.err"),
+    }
+    lines["gpus-per-node"] = str(params["gpus_per_node"])
+    if "cpus_per_task" in params:
+        lines["cpus-per-task"] = str(params["cpus_per_task"])
+    if "slurm_mem" in params:
+        lines["mem"] = params["slurm_mem"]
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if f"slurm_{key}" in params:
+            lines[key] = params[f"slurm_{key}"]
+    if array:
+        lines["array"] = f"0-{runs - 1}%{min(runs, params.get('slurm_array_parallelism', 256))}"
+    for key, value in params.get("slurm_additional_parameters", {}).items():
+        lines[key.replace("_", "-")] = str(value)
+    srun = " ".join(["srun", "--unbuffered", "--output", shlex.quote(str(logs / f"{stem}_%t_log.out")), "--error",
+                     shlex.quote(str(logs / f"{stem}_%t_log.err")), *params["slurm_srun_args"]])
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder / '%j'))}"
-    return slurm._make_sbatch_string(command=command, folder=folder / "%j", map_count=runs if runs > 1 else None, **params)
+    body = "\n".join(f"#SBATCH --{k}={v}" for k, v in sorted(lines.items()))
+    return f"#!/bin/bash\n\n# Parameters\n{body}\n\n# command\nexport SUBMITIT_EXECUTOR=slurm\n{srun} {command}\n"
 
 
 def jobs_file(sweep_dir: Path) -> Path:
