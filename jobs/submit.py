@@ -1,118 +1,16 @@
-"""Send a sweep of runs to SLURM (or the local executor) as one submitit job array.
-
-    python jobs/submit.py --array seeds=42,43,44 [--array strategy=fixmatch,supervised] [key=value ...]
-"""
+"""Send a sweep of runs as one job array: see sslrun/doors/submit.py (also `sslrun-submit`)."""
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python jobs/submit.py` from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sslrun.cli import OneLineParser  # noqa: E402
-from sslrun.errors import UserError, exit_on_user_error  # noqa: E402
+from sslrun.doors.submit import entry, main  # noqa: E402
 
-
-def user_defaults() -> dict:
-    """Cluster defaults from $SSLRUN_SUBMIT_CONFIG or ~/.config/sslrun/submit.yaml (keys: --option names)."""
-    from sslrun.yaml_file import read_yaml_mapping
-
-    path = Path(os.environ.get("SSLRUN_SUBMIT_CONFIG", "~/.config/sslrun/submit.yaml")).expanduser()
-    if not path.exists():
-        return {}
-    raw = read_yaml_mapping(path, "a mapping such as 'partition: gpu'", empty_ok=True)
-    return {k.replace("-", "_"): v for k, v in raw.items()}
-
-
-def main() -> int:
-    from sslrun.launch import ClusterOptions
-
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run, key=value")
-    parser.add_argument("--array", action="append", default=[], metavar="KEY=V1,V2",
-                        help="sweep axis; several --array give their cartesian product (seeds= means seed=)")
-    parser.add_argument("--sweep-file", dest="sweep_file", help="a YAML sweep file (see sweeps/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the runs, the job parameters and the sbatch "
-                        "script, submit nothing")
-    parser.add_argument("--write-runs", metavar="FILE", help="write one line of overrides per unfinished run to FILE "
-                        "(for slurm/train-array.sbatch), submit nothing")
-    parser.add_argument("--wait", dest="wait", action="store_true", default=None,
-                        help="wait for the runs and print the results table (default with the local executor)")
-    parser.add_argument("--no-wait", dest="wait", action="store_false")
-    opt_fields = {f.name: f for f in fields(ClusterOptions)}
-    defaults = user_defaults()
-    unknown = sorted(set(defaults) - set(opt_fields))
-    if unknown:
-        raise UserError(f"submit defaults file: unknown key '{unknown[0]}' (known: {', '.join(opt_fields)})")
-    for name, f in opt_fields.items():
-        flag = "--" + name.replace("_", "-")
-        default = defaults.get(name, f.default if f.default is not f.default_factory else None)  # type: ignore[misc]
-        if name == "sbatch":
-            parser.add_argument(flag, action="append", default=list(defaults.get("sbatch", [])), metavar="OPT=VALUE",
-                                help="any other sbatch option, e.g. --sbatch mail-type=END")
-        else:
-            parser.add_argument(flag, type=type(f.default), default=default, metavar=name.upper())
-    args = parser.parse_args()
-
-    from sslrun import launch, results
-
-    sweep_rows = None
-    if args.sweep_file:
-        from sslrun.sweeps import read_sweep_file
-
-        sweep_rows = read_sweep_file(args.sweep_file)
-    # Cluster options first: a typo there must not leave anything behind (planning writes data).
-    opts = ClusterOptions(**{k: getattr(args, k) for k in opt_fields})
-    cluster = opts.resolved_cluster()
-    params = launch.executor_parameters(opts)
-    configs = launch.plan_runs(args.array, args.overrides, sweep_rows)
-    sweep_dir = Path(configs[0].root) / configs[0].sweep
-    states = {c.name: launch.run_state(c) for c in configs}
-    print(f"{len(configs)} runs in {sweep_dir} ({cluster} executor):")
-    print(f"  {'state':8} {'run (its overrides, unless name= is given)':44} folder")
-    for c in configs:
-        print(f"  {states[c.name]:8} {c.name:44} {c.run_dir()}")
-    if args.write_runs:
-        todo = [c for c in configs if states[c.name] != "done"]
-        Path(args.write_runs).write_text("".join(" ".join(shlex.quote(o) for o in launch.run_overrides(c)) + "\n"
-                                                 for c in todo))
-        print(f"wrote {len(todo)} runs to {args.write_runs}: sbatch --array=0-{len(todo) - 1} "
-              f"slurm/train-array.sbatch {args.write_runs}")
-        return 0
-    if args.dry_run:
-        print("job parameters: " + ", ".join(f"{k}={v}" for k, v in params.items())
-              + f", slurm_max_num_timeout={opts.max_requeues}")
-        todo = sum(1 for s in states.values() if s != "done")
-        if todo:
-            print(f"sbatch script for the {todo} unfinished runs:")
-            print(launch.sbatch_script(sweep_dir / ".submitit", opts, todo))
-        print("dry run: nothing submitted")
-        return 0
-    jobs = launch.submit(configs, opts)
-    if not jobs:
-        print("every run is finished already; nothing submitted")
-    for cfg, job in jobs:
-        print(f"  job {job.job_id:14} {cfg.name}  log: {job.paths.stdout}")
-    print(f"tensorboard --logdir {sweep_dir}")
-    wait = args.wait if args.wait is not None else cluster == "local"
-    if wait and jobs:
-        outcome = launch.wait(jobs)
-        failed = {k: v for k, v in outcome.items() if v != "ok"}
-        for name, why in failed.items():
-            print(f"run {name} failed: {why}", file=sys.stderr)
-    if wait or not jobs:
-        names = {c.name for c in configs}
-        rows = [r for r in results.collect(sweep_dir) if r["run"] in names]
-        print(results.seed_table(rows))
-        print(f"tensorboard --logdir {sweep_dir}")
-        return 1 if wait and jobs and failed else 0
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    entry()

@@ -8,6 +8,9 @@ same folders), and a typo must fail on the login node, not after six hours in th
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -80,19 +83,151 @@ class Config:
         return dataclasses.asdict(self)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("constant", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
-    "amp": ("auto", "off", "bf16"),
-    "channels_last": ("auto", "on", "off"),
-    "verify_shards": ("auto", "full", "size"),
+@dataclass(frozen=True)
+class Key:
+    """A key's type and range: the one place a value is checked, for Config keys and for the
+    `extra.*` keys a strategy declares (with their default)."""
+
+    kind: str  # "int" | "float" | "bool" | "str"
+    lo: float | None = None  # lower bound, included unless lo_open
+    hi: float | None = None  # upper bound, included unless hi_open
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    default: Any = None  # extra keys only (Config keys take the dataclass default)
+    doc: str = ""  # what the value means, for the error when the range is missed
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.doc:
+            return self.doc
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "str":
+            return "a word"
+        def show(x: float) -> str:
+            return str(int(x)) if self.kind == "int" else f"{x:g}"
+
+        if self.kind == "int" and self.lo == 1:
+            return "a positive integer" + (f" up to {show(self.hi)}" if self.hi is not None else "")
+        what = "an integer" if self.kind == "int" else "a number"
+        if self.lo is not None:
+            what += f" {'>' if self.lo_open else '>='} {show(self.lo)}"
+        if self.hi is not None:
+            what += f"{' and' if self.lo is not None else ''} {'<' if self.hi_open else '<='} {show(self.hi)}"
+        return what
+
+    def check(self, name: str, value: Any) -> Any:
+        """`value` (text as typed, or a YAML scalar) as this key's type, in range, or a UserError."""
+        if isinstance(value, (dict, list, tuple, set)) or value is None:
+            raise UserError(f"{name}={value!r}: expected {self.expected()}")
+        text = value if isinstance(value, str) else str(value)
+        check_text(name, text)
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise UserError(f"{name}={text}: expected true or false")
+        if self.kind == "str":
+            if self.choices and text not in self.choices:
+                raise UserError(f"{name}={text}: expected one of {', '.join(self.choices)}")
+            return text
+        number: float
+        try:
+            if isinstance(value, bool):
+                raise ValueError(text)
+            if self.kind == "int":
+                number = value if isinstance(value, int) else int(text.strip())
+            else:
+                number = float(text)
+        except (ValueError, OverflowError):
+            kind = "an integer" if self.kind == "int" else "a number"
+            raise UserError(f"{name}={text}: expected {kind} ({self.expected()})") from None
+        if not math.isfinite(number):
+            raise UserError(f"{name}={text}: expected {self.expected()}")
+        low_bad = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
+        high_bad = self.hi is not None and (number >= self.hi if self.hi_open else number > self.hi)
+        if low_bad or high_bad:
+            raise UserError(f"{name}={text}: expected {self.expected()}")
+        return number
+
+
+_INT_MAX = 2**31 - 1
+_COUNT = Key("int", 1, _INT_MAX)  # a positive count of steps or samples
+_STEPS0 = Key("int", 0, _INT_MAX)  # 0 allowed (off / default)
+_STR = Key("str")
+
+# Every Config key, its type and range. Names, paths and presets are words here; the checks that
+# need the file system or the registries (strategy, model, augmentation presets) are in run_check.
+KEYS: dict[str, Key] = {
+    "data": _STR,
+    "root": _STR,
+    "sweep": _STR,
+    "name": _STR,
+    "strategy": _STR,
+    "model": _STR,
+    "pretrained": _STR,
+    "frozen": Key("bool"),
+    "image_size": Key("int", 16, 4096),
+    "seed": Key("int", 0, 2**32 - 1),
+    "steps": _COUNT,
+    "batch_size": Key("int", 1, 1 << 20),
+    "optimizer": Key("str", choices=("sgd", "adamw")),
+    "lr": Key("float", 0, 10, lo_open=True),
+    "momentum": Key("float", 0, 1, hi_open=True),
+    "nesterov": Key("bool"),
+    "weight_decay": Key("float", 0, 1),
+    "schedule": Key("str", choices=("constant", "cosine")),
+    "warmup_steps": _STEPS0,
+    "mu": Key("int", 1, 1024),
+    "lambda_u": Key("float", 0, 1e6),
+    "threshold": _STR,
+    "epoch_steps": _STEPS0,
+    "budget_s": Key("float", 0, 1e9, doc="0 (off) or a finite number of seconds"),
+    "ema_decay": Key("float", 0, 1, hi_open=True, doc="0 (off) or a number in (0, 1)"),
+    "augment": _STR,
+    "strong": _STR,
+    "eval_every": _COUNT,
+    "log_every": _COUNT,
+    "ckpt_every": _COUNT,
+    "device": Key("str", choices=("auto", "cpu", "cuda")),
+    "amp": Key("str", choices=("auto", "off", "bf16")),
+    "channels_last": Key("str", choices=("auto", "on", "off")),
+    "compile": Key("bool"),
+    "sync_bn": Key("bool"),
+    "workers": Key("int", -1, 1024, doc="-1 (from the CPUs) or a number of loader processes up to 1024"),
+    "threads": Key("int", 0, 1024),
+    "verify_shards": Key("str", choices=("auto", "full", "size")),
 }
+CHOICES: dict[str, tuple[str, ...]] = {k: v.choices for k, v in KEYS.items() if v.choices}
+MAX_NAME = 200  # a run or sweep folder name; file systems stop at 255 bytes
+
+
+def check_text(name: str, text: str) -> None:
+    """Refuse control characters (a newline, a tab, ESC...): values reach job scripts, command lines
+    and file names, where a newline is a new line of the sbatch script."""
+    bad = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        raise UserError(f"{name}: contains the control character {bad!r}; expected printable text")
+
+
+def closest(name: str, known: list[str]) -> str:
+    """` (did you mean X?)` for the nearest known name, or ""."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not match:  # `t1_typo` is far from `t1` by ratio, but starts with it
+        match = sorted((k for k in known if name.startswith(k) or k.startswith(name)), key=len, reverse=True)[:1]
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 # Keys a resumed run may change (recorded in config-history.jsonl): they change how the rest of
 # the run is computed or logged, not what its saved state means. `lr` is the way out of a
 # non-finite loss: resume from the last good checkpoint with a lower one.
 RESUME_KEYS = ("lr", "workers", "threads", "device", "eval_every", "log_every", "ckpt_every", "verify_shards")
-POSITIVE = ("steps", "batch_size", "image_size", "mu", "eval_every", "log_every", "ckpt_every")
 
 # Small settings that make the embedded digits data train in a minute or two on a laptop CPU.
 EMBEDDED_DEFAULTS: dict[str, Any] = {
@@ -112,49 +247,53 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 }
 
 _FIELDS = {f.name: f for f in fields(Config)}
+assert set(KEYS) == set(_FIELDS) - {"extra"}, "every Config key needs a row in KEYS"
 
 
-def _parse_bool(key: str, text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"{key}={text}: expected true or false")
+def _unknown(key: str) -> UserError:
+    return UserError(f"unknown key '{key}'{closest(key, list(KEYS))} (known: {', '.join(sorted(KEYS))}, extra.NAME)")
 
 
-def _convert(key: str, text: Any) -> Any:
-    kind = _FIELDS[key].type
+def _extra_value(key: str, text: Any) -> Any:
+    """An `extra.KEY=` value as YAML (a number, true/false, a word); its type is checked by the
+    strategy's declaration in run_check."""
     if not isinstance(text, str):
-        text = str(text)
+        return text
+    check_text(key, text)
     try:
-        if kind == "bool":
-            return _parse_bool(key, text)
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        raise UserError(f"{key}={text}: expected {'an integer' if kind == 'int' else 'a number'}") from None
-    return text
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        why = str(getattr(err, "problem", "") or type(err).__name__)
+        raise UserError(f"{key}={text}: not a YAML value ({why})") from None
+    if isinstance(value, (dict, list)):
+        raise UserError(f"{key}={text}: expected a number, true/false or a word")
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`["seed=1", "x.y=2"]` -> ordered dict; unknown keys go to `extra` only as `extra.k=v`."""
+    """`["seed=1", "extra.t1=2"]` -> ordered dict; unknown keys go to `extra` only as `extra.k=v`."""
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
+        check_text(f"override {key!r}", item)
         key = ALIASES.get(key.strip(), key.strip())
-        if key not in _FIELDS and not key.startswith("extra."):
-            raise UserError(f"unknown key '{key}' in {item!r} (known: {', '.join(sorted(_FIELDS))})")
+        if key.startswith("extra."):
+            if not re.fullmatch(r"extra\.[A-Za-z_][A-Za-z0-9_]*", key):
+                raise UserError(f"override {item!r}: expected extra.NAME=value with NAME a word")
+        elif key not in KEYS:
+            raise _unknown(key)
         out[key] = value
     return out
 
 
 def make_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
-    """Build and check a Config from `key -> value` overrides (strings or typed values)."""
+    """Build and check a Config from `key -> value` overrides (strings or typed values).
+
+    Only the table's checks are made here (types, ranges, names); those that need the file
+    system, the strategy registry or timm are in `sslrun.run_check.check_run`.
+    """
     overrides = dict(overrides or {})
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
@@ -164,16 +303,19 @@ def make_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
     for key, value in overrides.items():
         key = ALIASES.get(key, key)
         if key.startswith("extra."):
-            extra[key[len("extra."):]] = yaml.safe_load(str(value))
-        elif key == "extra" and isinstance(value, dict):
-            extra.update(value)
-        elif key in _FIELDS:
-            values[key] = _convert(key, value)
+            extra[key[len("extra."):]] = _extra_value(key, value)
+        elif key == "extra":
+            if not isinstance(value, dict):
+                raise UserError(f"extra={value!r}: expected a mapping of strategy keys")
+            extra.update({str(k): _extra_value(f"extra.{k}", v) for k, v in value.items()})
+        elif key in KEYS:
+            values[key] = KEYS[key].check(key, value)
         else:
-            raise UserError(f"unknown key '{key}' (known: {', '.join(sorted(_FIELDS))})")
+            raise _unknown(key)
     cfg = Config(**values, extra=extra)
     if not cfg.root:
         cfg.root = env.get("SSLRUN_ROOT", "") or "runs"
+        check_text("$SSLRUN_ROOT", cfg.root)
     cfg.root = str(Path(cfg.root).expanduser().absolute())
     if cfg.data:
         cfg.data = str(Path(cfg.data).expanduser().absolute())
@@ -186,37 +328,41 @@ def make_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
 
 
 def run_name(overrides: dict[str, Any]) -> str:
-    """The run's folder name: its defining overrides in the order given, `k=v` joined by `,`."""
+    """The run's folder name: its defining overrides in the order given, `k=v` joined by `,`.
+
+    Names longer than MAX_NAME end in a hash of the whole, so two long names never meet.
+    """
     parts = [f"{ALIASES.get(k, k)}={v}" for k, v in overrides.items() if ALIASES.get(k, k) not in PLACEMENT_KEYS]
-    name = ",".join(parts) or "default"
-    return re.sub(r"[^A-Za-z0-9_.,=+\-]", "_", name)[:200]
+    name = re.sub(r"[^A-Za-z0-9_.,=+\-]", "_", ",".join(parts) or "default")
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name
 
 
 def validate(cfg: Config) -> None:
-    from sslrun.models import check_model_name
-    from sslrun.strategies import check_strategy_name
-    from sslrun.strategies.thresholds import parse_threshold
-
-    for key, allowed in CHOICES.items():
+    """The checks that need neither the file system's data nor a registry: the table, and the keys
+    that only make sense together."""
+    for key, spec in KEYS.items():
+        spec.check(key, getattr(cfg, key))
+    for key in ("sweep", "name"):
         value = getattr(cfg, key)
-        if value not in allowed:
-            raise UserError(f"{key}={value}: expected one of {', '.join(allowed)}")
-    for key in POSITIVE:
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"{key}={getattr(cfg, key)}: expected a positive integer")
-    if cfg.lr <= 0:
-        raise UserError(f"lr={cfg.lr}: expected a positive number")
-    if cfg.budget_s < 0:
-        raise UserError(f"budget_s={cfg.budget_s}: expected 0 (off) or a number of seconds")
-    if not 0 <= cfg.ema_decay < 1:
-        raise UserError(f"ema_decay={cfg.ema_decay}: expected 0 (off) or a number in (0, 1)")
-    if "/" in cfg.sweep or "/" in cfg.name or cfg.sweep in ("", ".", "..") or cfg.name in (".", ".."):
-        raise UserError(f"sweep={cfg.sweep!r} name={cfg.name!r}: expected plain folder names")
-    check_strategy_name(cfg.strategy)
-    check_model_name(cfg.model)
-    parse_threshold(cfg.threshold)
-    if cfg.data and not Path(cfg.data).is_dir():
-        raise UserError(f"data={cfg.data}: folder does not exist (expected a shard set made by shards/build.py)")
+        if not value or "/" in value or value in (".", "..") or value.startswith("-") or len(value) > MAX_NAME:
+            raise UserError(f"{key}={value!r}: expected plain folder names (1 to {MAX_NAME} characters, "
+                            "no '/', not starting with '-')")
+    if Path(cfg.root).exists() and not Path(cfg.root).is_dir():
+        raise UserError(f"root={cfg.root}: is a file; expected a folder for the runs (it is made if missing)")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
+        raise UserError(f"nesterov=true: needs optimizer=sgd with momentum > 0 (got optimizer={cfg.optimizer}, "
+                        f"momentum={cfg.momentum})")
+    if cfg.warmup_steps >= cfg.steps and cfg.warmup_steps:
+        raise UserError(f"warmup_steps={cfg.warmup_steps}: expected fewer than steps={cfg.steps}")
+    for key, value in cfg.extra.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UserError(f"extra.{key}: expected a word as the key")
+        if isinstance(value, str):
+            check_text(f"extra.{key}", value)
+        elif not isinstance(value, (bool, int, float)) and value is not None:
+            raise UserError(f"extra.{key}={value!r}: expected a number, true/false or a word")
 
 
 def save_config(cfg: Config) -> str:
@@ -224,11 +370,25 @@ def save_config(cfg: Config) -> str:
 
 
 def load_config(path: str | Path) -> Config:
+    """A config.yaml back as a Config, every value through the table (a wrong type is one line)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "a mapping of config keys", label="config ")
-    unknown = sorted(set(raw) - set(_FIELDS))
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}'")
-    cfg = Config(**raw)
-    validate(cfg)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "extra":
+            if value is not None and not isinstance(value, dict):
+                raise UserError(f"{path}: extra: expected a mapping of strategy keys")
+            values["extra"] = dict(value or {})
+            continue
+        if key not in KEYS:
+            raise UserError(f"{path}: unknown key '{key}'{closest(str(key), list(KEYS))}")
+        try:
+            values[key] = KEYS[key].check(key, value)
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+    cfg = Config(**values)
+    try:
+        validate(cfg)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     return cfg

@@ -35,6 +35,7 @@ from sslrun.epochs import steps_per_epoch
 from sslrun.errors import UserError
 from sslrun.evaluate import EvalResult, evaluate, labeling_pass
 from sslrun.models import create_model, data_config
+from sslrun.run_check import check_run
 from sslrun.strategies import create_strategy
 from sslrun.step_logs import pool_logs
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy
@@ -118,8 +119,6 @@ class Trainer:
         self.unlabeled = load_split(self.manifest, "unlabeled") if "unlabeled" in self.manifest.splits else None
         self.test = load_split(self.manifest, "test") if "test" in self.manifest.splits else None
         self.strategy: Strategy = create_strategy(cfg, self.manifest.num_classes)
-        if self.strategy.needs_unlabeled and (self.unlabeled is None or len(self.unlabeled) == 0):
-            raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
         self.strategy.setup(len(self.unlabeled) if self.unlabeled is not None else 0, self.epoch_steps)
         if cfg.workers < 0:
             self.workers, why = default_workers()
@@ -139,7 +138,7 @@ class Trainer:
     def _build_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every restart
-        model = create_model(cfg.model, self.manifest.num_classes, cfg.pretrained, cfg.frozen)
+        model = create_model(cfg.model, self.manifest.num_classes, cfg.pretrained, cfg.frozen, cfg.image_size)
         if cfg.sync_bn and self.info.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
@@ -486,10 +485,7 @@ class Trainer:
 def run(cfg: Config) -> dict[str, Any]:
     """Train one run to its end (or to a stop signal); resumes from its folder's checkpoint."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not cfg.data:
-        from sslrun.data.digits import ensure_digits
-
-        cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
+    check_run(cfg)  # the same checks as at submit time; resolves the embedded data set
     trainer = Trainer(cfg)
     try:
         return trainer.fit()

@@ -16,15 +16,16 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from sslrun.config import ALIASES, Config, make_config, parse_overrides
-from sslrun.data.manifest import read_manifest
+from sslrun.config import ALIASES, Config, check_text, make_config, parse_overrides, run_name
 from sslrun.errors import UserError
+from sslrun.run_check import check_run
 
 
 def parse_array(items: list[str]) -> list[dict[str, str]]:
@@ -59,31 +60,29 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
     base = parse_overrides(overrides)
     combos = parse_array(array)
     rows = sweep_overrides or [{}]
-    configs, seen = [], set()
+    many = len(rows) * len(combos) > 1
+    configs: list[Config] = []
+    seen: dict[str, dict[str, Any]] = {}
     for row in rows:
         for combo in combos:
-            cfg = make_config({**row, **base, **combo})
-            if cfg.name in seen:
-                continue
-            seen.add(cfg.name)
+            items = {**row, **base, **combo}
+            if many and "name" in base:
+                # `name=myrun --array seeds=42,43`: one name for several runs would plan one run;
+                # the given name becomes a prefix, followed by what tells the runs apart.
+                own = {k: v for k, v in {**row, **combo}.items() if k != "name"}
+                items["name"] = f"{base['name']},{run_name(own)}" if own else base["name"]
+            cfg = make_config(items)
+            key = f"{cfg.sweep}/{cfg.name}"
+            if key in seen:
+                if seen[key] == cfg.to_dict():
+                    continue  # the very same run written twice: planned once
+                raise UserError(f"two different runs would share the folder {cfg.run_dir()}: give each "
+                                f"run its own name= (or leave name= out to derive names from the overrides)")
+            seen[key] = cfg.to_dict()
             configs.append(cfg)
     for cfg in configs:
-        check_data(cfg)
+        check_run(cfg)
     return configs
-
-
-def check_data(cfg: Config) -> None:
-    """Resolve the embedded data set, and check that the run's strategy finds what it needs."""
-    from sslrun.strategies import create_strategy
-
-    if not cfg.data:
-        from sslrun.data.digits import ensure_digits
-
-        cfg.data = str(ensure_digits(Path(cfg.root) / ".data"))
-    manifest = read_manifest(cfg.data)
-    strategy = create_strategy(cfg, manifest.num_classes)
-    if strategy.needs_unlabeled and "unlabeled" not in manifest.splits:
-        raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split, and {cfg.data} has none")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -126,6 +125,39 @@ class ClusterOptions:
     max_requeues: int = 1000
     sbatch: list[str] = field(default_factory=list)  # extra sbatch options, key=value
 
+    def check(self) -> None:
+        """Every option's type and range, and no control character in any value that reaches the
+        sbatch script (a newline there is a line of its own: a command). Called before planning."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "sbatch":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise UserError(f"{flag}: expected a list of option=value texts, got {value!r}")
+                for item in value:
+                    check_text(f"{flag} {item!r}", item)
+            elif isinstance(f.default, int):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise UserError(f"{flag} {value!r}: expected an integer")
+                low = 1 if f.name == "nodes" else 0
+                if not low <= value <= 100_000:
+                    raise UserError(f"{flag} {value}: expected an integer from {low} to 100000")
+            else:
+                if not isinstance(value, str):
+                    raise UserError(f"{flag} {value!r}: expected a word")
+                check_text(flag, value)
+                if value.startswith("-"):
+                    raise UserError(f"{flag} {value!r}: expected a value, not an option")
+        if self.cluster not in ("auto", "slurm", "local"):
+            raise UserError(f"--cluster {self.cluster}: expected auto, slurm or local")
+        if self.name and not re.fullmatch(r"[A-Za-z0-9_.+=,\-]{1,100}", self.name):
+            raise UserError(f"--name {self.name!r}: expected 1 to 100 letters, digits or _.+=,-")
+        parse_minutes(self.time)
+        for item in self.sbatch:
+            key, sep, _ = item.partition("=")
+            if not sep or not re.fullmatch(r"-{0,2}[A-Za-z][A-Za-z0-9_-]*", key):
+                raise UserError(f"--sbatch {item!r}: expected option=value, e.g. --sbatch mail-type=END")
+
     def resolved_cluster(self) -> str:
         if self.cluster == "auto":
             return "slurm" if shutil.which("sbatch") else "local"
@@ -157,6 +189,7 @@ def parse_minutes(text: str) -> int:
 
 
 def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
+    opts.check()
     tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
     params: dict[str, Any] = {
         "name": opts.name,
@@ -197,19 +230,44 @@ def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:
 
 
 def sbatch_script(folder: Path, opts: ClusterOptions, runs: int) -> str:
-    """The sbatch file submitit would write for `runs` runs, shown by `--dry-run` before anything is sent.
+    """The sbatch file for `runs` runs, shown by `--dry-run` before anything is sent.
 
-    Uses submitit's own renderer (a private function of submitit 1.5), so the text is what
-    sbatch would receive, not a second opinion of it.
+    Rendered here from the same executor parameters that `make_executor` hands to submitit
+    (its renderer is private API, which may change in any release), in submitit 1.5's layout:
+    sorted `#SBATCH` lines, then the srun line that starts submitit's job runner.
     """
-    from submitit.slurm import slurm
-
-    equivalent = slurm.SlurmExecutor._equivalence_dict()
-    params: dict[str, Any] = {}
-    for key, value in executor_parameters(opts).items():
-        params[key[len("slurm_"):] if key.startswith("slurm_") else equivalent.get(key, key)] = value
+    params = executor_parameters(opts)
+    array = runs > 1
+    logs = folder / ("%A_%a" if array else "%j")
+    stem = "%A_%a" if array else "%j"
+    lines: dict[str, str] = {
+        "job-name": params["name"],
+        "nodes": str(params["nodes"]),
+        "ntasks-per-node": str(params["tasks_per_node"]),
+        "time": str(params["timeout_min"]),
+        "signal": f"USR2@{params['slurm_signal_delay_s']}",
+        "open-mode": "append",
+        "wckey": "submitit",
+        "output": str(logs / f"{stem}_0_log.out"),
+        "error": str(logs / f"{stem}_0_log.err"),
+    }
+    lines["gpus-per-node"] = str(params["gpus_per_node"])
+    if "cpus_per_task" in params:
+        lines["cpus-per-task"] = str(params["cpus_per_task"])
+    if "slurm_mem" in params:
+        lines["mem"] = params["slurm_mem"]
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if f"slurm_{key}" in params:
+            lines[key] = params[f"slurm_{key}"]
+    if array:
+        lines["array"] = f"0-{runs - 1}%{min(runs, params.get('slurm_array_parallelism', 256))}"
+    for key, value in params.get("slurm_additional_parameters", {}).items():
+        lines[key.replace("_", "-")] = str(value)
+    srun = " ".join(["srun", "--unbuffered", "--output", shlex.quote(str(logs / f"{stem}_%t_log.out")), "--error",
+                     shlex.quote(str(logs / f"{stem}_%t_log.err")), *params["slurm_srun_args"]])
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder / '%j'))}"
-    return slurm._make_sbatch_string(command=command, folder=folder / "%j", map_count=runs if runs > 1 else None, **params)
+    body = "\n".join(f"#SBATCH --{k}={v}" for k, v in sorted(lines.items()))
+    return f"#!/bin/bash\n\n# Parameters\n{body}\n\n# command\nexport SUBMITIT_EXECUTOR=slurm\n{srun} {command}\n"
 
 
 def jobs_file(sweep_dir: Path) -> Path:

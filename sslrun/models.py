@@ -27,7 +27,49 @@ def check_model_name(name: str) -> None:
         raise UserError(f"model={name}: not a timm model{hint}")
 
 
-def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool = False) -> nn.Module:
+def model_kwargs(name: str, image_size: int | None) -> dict[str, int]:
+    """`img_size` for models built for one input size (ViT, Swin...: timm's `fixed_input_size`),
+    so a ViT at image_size=96 gets 96 px position embeddings instead of failing at the first batch."""
+    if image_size is None:
+        return {}
+    try:
+        pcfg = timm.models.get_pretrained_cfg(name.split(".", 1)[0])
+    except (RuntimeError, KeyError, ValueError):
+        pcfg = None
+    if pcfg is None or not getattr(pcfg, "fixed_input_size", False):
+        return {}
+    if tuple(pcfg.input_size[-2:]) == (image_size, image_size):
+        return {}
+    return {"img_size": image_size}
+
+
+def check_model(name: str, pretrained: str, image_size: int) -> None:
+    """The model name, the pretrained tag or file, and the input size, on the login node.
+
+    A model of a fixed input size is built on the meta device (no memory, no weights) with the
+    asked size, so a size it cannot take (not a multiple of the patch) is refused at submit time.
+    """
+    check_model_name(name)
+    base = name.split(".", 1)[0]
+    if pretrained not in ("", "none", "timm") and not Path(pretrained).is_file():
+        if "/" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+            raise UserError(f"pretrained={pretrained}: no such weights file")
+        tags = [m.split(".", 1)[1] for m in timm.list_pretrained(f"{base}.*") if "." in m]
+        if pretrained not in tags:
+            hint = f" (expected one of {', '.join(tags[:8])})" if tags else " (timm has no weights for it)"
+            raise UserError(f"pretrained={pretrained}: not a timm tag of model={base}{hint}")
+    kwargs = model_kwargs(name, image_size)
+    if kwargs:
+        try:
+            with torch.device("meta"):
+                timm.create_model(base, pretrained=False, num_classes=2, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any refusal of the size is the user's to fix
+            why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise UserError(f"model={name} image_size={image_size}: the model cannot take this size ({why})") from None
+
+
+def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool = False,
+                 image_size: int | None = None) -> nn.Module:
     """A timm model with a fresh `num_classes` head; `frozen` trains the head alone."""
     check_model_name(name)
     use_tag = pretrained not in ("", "none") and not Path(pretrained).is_file()
@@ -35,7 +77,8 @@ def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool
     if use_tag and pretrained != "timm":
         model_name = f"{name.split('.', 1)[0]}.{pretrained}"
     try:
-        model = timm.create_model(model_name, pretrained=use_tag, num_classes=num_classes)
+        model = timm.create_model(model_name, pretrained=use_tag, num_classes=num_classes,
+                                  **model_kwargs(name, image_size))
     except (RuntimeError, OSError, ValueError) as err:
         raise UserError(f"model={name} pretrained={pretrained}: cannot load weights ({str(err).splitlines()[0][:160]})") from None
     if pretrained and Path(pretrained).is_file():

@@ -17,7 +17,9 @@ row. The format is deliberately small:
     runs:                  # single rows, appended (optional)
       - {strategy: supervised, seed: 42}
 
-Every mistake is a one-line UserError naming the file and the key, before anything runs.
+Every mistake is a one-line UserError naming the file and the key, before anything runs; so is
+a run listed twice (a grid value repeated, two grids that overlap): the file plans exactly the
+runs it lists.
 """
 
 from __future__ import annotations
@@ -107,11 +109,15 @@ def read_sweep_file(path: str | Path) -> list[dict[str, str]]:
     rows += [_row(path, f"runs[{i}]", r) for i, r in enumerate(runs)]
     if not rows:
         raise UserError(f"{path}: no runs (give grid:, grids: or runs:)")
-    out, seen = [], set()
+    out: list[dict[str, str]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
     for row in rows:
         full = {**row, **{k: v for k, v in base.items() if k not in row}}
         key = tuple(sorted(full.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(full)
+        if key in seen:
+            # A sweep never plans fewer runs than it lists without saying so.
+            shown = ", ".join(f"{k}={v}" for k, v in full.items())
+            raise UserError(f"{path}: the run {{{shown}}} is listed twice; remove one of them")
+        seen.add(key)
+        out.append(full)
     return out

@@ -7,6 +7,7 @@ import pytest
 from sslrun.config import make_config, parse_overrides, run_name
 from sslrun.errors import UserError
 from sslrun.launch import parse_array, parse_minutes
+from sslrun.run_check import check_run
 from sslrun.strategies.thresholds import parse_threshold
 
 
@@ -37,7 +38,7 @@ def test_embedded_defaults_apply_only_without_data(tmp_path):
 ])
 def test_bad_overrides_name_the_key(items, fragment, tmp_path):
     with pytest.raises(UserError, match=None) as err:
-        make_config(parse_overrides([*items, f"root={tmp_path}"]))
+        check_run(make_config(parse_overrides([*items, f"root={tmp_path}"])))
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -47,6 +47,8 @@ def test_small_sweep_file_with_array_and_overrides_in_a_dry_run(digits, tmp_path
     ("runs: [{seed: [1, 2]}]\n", "runs[0].seed"),
     ("base: {lr: 0.1}\n", "no runs"),
     ("grid: [oops\n", "not valid YAML"),
+    ("grid: {seed: [42, 42]}\n", "listed twice"),
+    ("grid: {seed: [1]}\nruns: [{seed: 1}]\n", "listed twice"),
 ])
 def test_bad_sweep_file_is_one_line_naming_file_and_key(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
@@ -63,3 +65,26 @@ def test_submit_with_a_missing_or_bad_sweep_file_exits_2(tmp_path):
     bad.write_text("grid: {strategy: [nope]}\n")
     proc = run_door("jobs/submit.py", "--sweep-file", str(bad), "--dry-run", "--cluster", "local", f"root={tmp_path}")
     assert proc.returncode == 2 and "strategy=nope" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_one_name_for_an_array_becomes_a_prefix_and_every_run_is_planned(digits, tmp_path):
+    from sslrun.launch import plan_runs
+
+    configs = plan_runs(["seeds=42,43,44"], ["name=myrun", f"data={digits}", f"root={tmp_path}"])
+    assert [c.name for c in configs] == ["myrun,seed=42", "myrun,seed=43", "myrun,seed=44"]
+    assert [c.seed for c in configs] == [42, 43, 44]
+    assert plan_runs([], ["name=myrun", f"data={digits}", f"root={tmp_path}"])[0].name == "myrun"
+
+
+def test_two_different_runs_in_one_folder_is_an_error(digits, tmp_path):
+    from sslrun.launch import plan_runs
+
+    # `*` and `/` both become `_` in a derived name: two thresholds, one folder name.
+    with pytest.raises(UserError, match="would share the folder"):
+        plan_runs(["threshold=0.5*2,0.5/2"], [f"data={digits}", f"root={tmp_path}"])
+
+
+def test_overrides_anywhere_on_the_command_line(digits, tmp_path):
+    proc = run_door("jobs/submit.py", "--array", "seeds=1,2", "steps=5", "--cluster", "local", f"root={tmp_path}",
+                    f"data={digits}", "--dry-run", check=True)
+    assert "2 runs in" in proc.stdout and "steps=5,seed=1" in proc.stdout

@@ -14,8 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from sslrun.config import Config
-from sslrun.errors import UserError
+from sslrun.config import Config, Key
 from sslrun.strategies.thresholds import parse_threshold
 
 
@@ -75,6 +74,18 @@ class Strategy:
     unlabeled_views: ClassVar[tuple[str, ...]] = ()
     # True for strategies that label the unlabeled set in passes (permanent, local).
     labels_in_passes: ClassVar[bool] = False
+    # The `extra.*` keys this strategy reads, with type and range (run_check refuses any other key,
+    # naming the closest). A subclass adds its own; `declared_extra()` merges them along the MRO.
+    extra_keys: ClassVar[dict[str, Key]] = {
+        "mixup": Key("float", 0, 1e3, default=0.0, doc="0 (off) or a MixUp alpha > 0"),
+    }
+
+    @classmethod
+    def declared_extra(cls) -> dict[str, Key]:
+        out: dict[str, Key] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get("extra_keys", {}))
+        return out
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         self.cfg = cfg
@@ -89,17 +100,19 @@ class Strategy:
         """Whether the run cannot start without a non-empty 'unlabeled' split."""
         return bool(self.unlabeled_views) or self.labels_in_passes
 
-    def extra_number(self, key: str, default: float, integer: bool = False) -> float:
-        """A non-negative number from `extra.KEY=...`, checked at construction (on the login node)."""
-        value = self.cfg.extra.get(key, default)
-        try:
-            number = int(value) if integer else float(value)
-        except (TypeError, ValueError):
-            number = -1
-        if number < 0 or (integer and float(value) != number):
-            kind = "a non-negative integer" if integer else "a non-negative number"
-            raise UserError(f"extra.{key}={value}: expected {kind}")
-        return number
+    def extra_number(self, key: str, default: float | None = None, integer: bool = False) -> float:
+        """`extra.KEY` checked by this strategy's declaration (`extra_keys`); `default` overrides the
+        declared one where it depends on the config (e.g. steps // 4). `integer` is kept for old callers:
+        the declaration decides the type."""
+        spec = self.declared_extra()[key]
+        if key not in self.cfg.extra:
+            return spec.default if default is None else default
+        return spec.check(f"extra.{key}", self.cfg.extra[key])
+
+    def extra_value(self, key: str) -> Any:
+        """Any declared `extra.KEY` (a bool, a word), checked, or its declared default."""
+        spec = self.declared_extra()[key]
+        return spec.check(f"extra.{key}", self.cfg.extra[key]) if key in self.cfg.extra else spec.default
 
     def setup(self, num_unlabeled: int, epoch_steps: int) -> None:
         """Learn the data sizes the engine knows: per-sample tables need the unlabeled count,

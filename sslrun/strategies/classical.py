@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sslrun.config import Key
 from sslrun.errors import UserError
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, labeled_ce, pseudo_label_stats
 from sslrun.strategies.registry import register
@@ -35,6 +36,11 @@ def lee_ramp(step: int, t1: int, t2: int, alpha_f: float) -> float:
 @register
 class Classical(Strategy):
     name = "classical"
+    extra_keys = {
+        "alpha_f": Key("float", 0, 1e6, default=1.0),
+        "t1": Key("int", 0, 2**31 - 1, default=0),
+        "t2": Key("int", 0, 2**31 - 1, default=0),
+    }
     unlabeled_views = ("weak",)
 
     def __init__(self, *args: object, **kwargs: object) -> None:

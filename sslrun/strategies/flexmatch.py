@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from sslrun import distributed
-from sslrun.errors import UserError
+from sslrun.config import Key
 from sslrun.strategies.base import StepInfo
 from sslrun.strategies.fixmatch import FixMatch
 from sslrun.strategies.registry import register
@@ -50,13 +50,11 @@ def class_thresholds(selected: Tensor, num_classes: int, tau: float, warmup: boo
 @register
 class FlexMatch(FixMatch):
     name = "flexmatch"
+    extra_keys = {"flex_warmup": Key("bool", default=True)}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        warm = self.cfg.extra.get("flex_warmup", True)
-        if not isinstance(warm, bool):
-            raise UserError(f"extra.flex_warmup={warm}: expected true or false")
-        self.warmup = warm
+        self.warmup = bool(self.extra_value("flex_warmup"))
         self.selected = torch.zeros(0, dtype=torch.long)
         self._class_tau = torch.zeros(self.num_classes)
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sslrun.config import Key
 from sslrun.errors import UserError
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, supervised_loss
 from sslrun.strategies.registry import register
@@ -34,6 +35,11 @@ WARMUP, PSEUDO, RETRAIN = "warmup", "pseudo", "retrain"
 @register
 class Local(Strategy):
     name = "local"
+    extra_keys = {
+        "local_warmup": Key("int", 0, 2**31 - 1, doc="a number of steps (default steps // 4)"),
+        "pseudo_steps": Key("int", 1, 2**31 - 1, doc="a positive number of steps (default steps // 8)"),
+        "retrain_steps": Key("int", 0, 2**31 - 1, doc="a number of steps (default steps // 8)"),
+    }
     labels_in_passes = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

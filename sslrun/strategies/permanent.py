@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sslrun.config import Key
 from sslrun.errors import UserError
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy, supervised_loss
 from sslrun.strategies.registry import register
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 @register
 class Permanent(Strategy):
     name = "permanent"
+    extra_keys = {
+        "label_every": Key("int", 1, 2**31 - 1, doc="a positive number of steps (default eval_every)"),
+        "label_start": Key("int", 0, 2**31 - 1, doc="a step (default label_every)"),
+    }
     labels_in_passes = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
