@@ -22,6 +22,7 @@ from typing import Any
 
 import submitit
 
+from sslrun import run_folder
 from sslrun.config import ALIASES, Config, make_config, parse_overrides
 from sslrun.data.manifest import read_manifest
 from sslrun.errors import UserError
@@ -46,12 +47,8 @@ def parse_array(items: list[str]) -> list[dict[str, str]]:
 
 
 def run_state(cfg: Config) -> str:
-    run_dir = cfg.run_dir()
-    if (run_dir / "result.json").exists():
-        return "done"
-    if (run_dir / "ckpt" / "last.pt").exists() or (run_dir / "ckpt" / "prev.pt").exists():
-        return "partial"
-    return "new"
+    """The run folder's state (run_folder.state): new, started, partial, done, failed or damaged."""
+    return run_folder.state(cfg.run_dir())
 
 
 def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict[str, str]] | None = None) -> list[Config]:
@@ -95,14 +92,19 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        cfg = Config(**cfg_dict)
         try:
-            return run(Config(**cfg_dict))
+            return run(cfg)
         except Interrupted as stop:
             if stop.signum == signal.SIGTERM and "SLURM_JOB_ID" in os.environ:
                 # SLURM sends SIGTERM when it ends the job: scancel, `scontrol requeue`, or the end of
                 # a grace time. The state is saved; returning or raising would make submitit record a
                 # result, and a requeued job would read as finished. Wait for SLURM's SIGKILL instead.
                 time.sleep(3600)
+            raise
+        except Exception as err:
+            if env.global_rank == 0:
+                run_folder.write_failure(cfg.run_dir(), err)  # JSON for status/report: no pickle is read
             raise
 
 
@@ -212,9 +214,7 @@ def sbatch_script(folder: Path, opts: ClusterOptions, runs: int) -> str:
     return slurm._make_sbatch_string(command=command, folder=folder / "%j", map_count=runs if runs > 1 else None, **params)
 
 
-def jobs_file(sweep_dir: Path) -> Path:
-    """Where submit() records which SLURM job runs which run: `status` reads it back."""
-    return sweep_dir / ".submitit" / "jobs.jsonl"
+jobs_file = run_folder.jobs_file
 
 
 def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, submitit.Job]]:
