@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,8 +253,10 @@ def run_overrides(cfg: Config) -> list[str]:
     return items
 
 
-def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, str]:
-    """Wait for every job to end; returns run name -> "ok" or the job's error, one line."""
+def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None,
+         on_poll: Callable[[], None] | None = None) -> dict[str, str]:
+    """Wait for every job to end; returns run name -> "ok" or the job's error, one line.
+    `on_poll` (progress.Progress.update) runs at every poll."""
     start = time.time()
     outcome: dict[str, str] = {}
     pending = list(jobs)
@@ -270,6 +273,8 @@ def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s
             else:
                 still.append((cfg, job))
         pending = still
+        if on_poll is not None:
+            on_poll()
         if pending:
             if timeout_s is not None and time.time() - start > timeout_s:
                 for cfg, job in pending:

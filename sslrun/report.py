@@ -180,7 +180,33 @@ def setting_rows(runs: list[Run], by: tuple[str, ...]) -> tuple[list[str], list[
             line.append(f"{sum(r.hours for r in group if r.device not in ('cuda', 'cpu')):.4f}")
         line.append(f"{sum(r.redone_s for r in group):.1f}")
         rows.append(line)
-    return header, rows
+    return _with_gain(header, rows, by, seeds)
+
+
+GAIN = "acc gain vs supervised (points)"
+
+
+def _with_gain(header: list[str], rows: list[list[str]], by: tuple[str, ...],
+               seeds: list[int]) -> tuple[list[str], list[list[str]]]:
+    """Add what semi-supervised learning bought: a setting's mean val accuracy minus that of the
+    supervised setting equal in every other --by key (threshold aside: supervised ignores it)."""
+    if "strategy" not in by:
+        return header, rows
+    si = by.index("strategy")
+    ignore = {si} | ({by.index("threshold")} if "threshold" in by else set())
+    mean_col = len(by) + 2 * len(seeds)
+
+    def rest(line: list[str]) -> tuple[str, ...]:
+        return tuple(v for i, v in enumerate(line[: len(by)]) if i not in ignore)
+
+    base = {rest(line): line[mean_col] for line in rows if line[si] == "supervised" and line[mean_col] != "-"}
+    if not base:
+        return header, rows
+    for line in rows:
+        ref = base.get(rest(line))
+        gain = "-" if ref is None or line[mean_col] == "-" else f"{float(line[mean_col]) - float(ref):+.2f}"
+        line.append(gain)
+    return [*header, GAIN], rows
 
 
 def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:

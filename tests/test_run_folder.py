@@ -207,3 +207,53 @@ def test_hostile_values_in_result_and_metrics_do_not_crash_the_readers(tmp_path)
     (sweep / "r1" / "restarts.jsonl").write_text('{"redone_steps": "x"}\n{"redone_s": 1e999}\n')
     make_report(sweep)
     status_table(sweep_status(sweep))
+
+
+def test_report_shows_the_gain_over_supervised(tmp_path):
+    from sslrun.report import GAIN, make_report
+
+    sweep = tmp_path / "s"
+    for strategy, accs in (("fixmatch", (0.8, 0.9)), ("supervised", (0.5, 0.7))):
+        for seed, acc in zip((42, 43), accs):
+            make_run(sweep, f"{strategy}{seed}", result={**DONE, "val_acc": acc}, strategy=strategy, seed=seed)
+    text, _ = make_report(sweep)
+    rows = (sweep / "report" / "settings.csv").read_text().splitlines()
+    assert rows[0].endswith(GAIN)
+    assert rows[1].startswith("fixmatch") and rows[1].endswith(",+25.00")
+    assert rows[2].startswith("supervised") and rows[2].endswith(",+0.00")
+    assert GAIN in text
+
+
+def test_progress_plain_lines_when_not_a_terminal(tmp_path):
+    import io
+
+    from sslrun.progress import Progress
+
+    run = make_run(tmp_path / "s", "r", metrics='{"kind": "train", "step": 20, "images_per_s": 123.4}\n'
+                                                '{"kind": "val", "step": 20, "acc": 0.5}\n')
+    out = io.StringIO()
+    progress = Progress([("r", run, 100), ("gone", tmp_path / "s" / "gone", 100)], stream=out, every_s=0)
+    progress.update()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 40, "images_per_s": 130}\n')
+    progress.update()
+    (run / "result.json").write_text(json.dumps({**DONE, "steps": 100}))
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "r: started step 20/100 images/s 123 val acc 50.0% eta ?"
+    assert lines[1] == "gone: new step 0/100 images/s - val acc - eta ?"
+    assert lines[2].startswith("r: started step 40/100 images/s 130 val acc 50.0% eta ")
+    assert lines[-1].startswith("r: done step 100/100")
+
+
+def test_progress_live_bars_in_a_terminal(tmp_path):
+    import io
+
+    from sslrun.progress import Progress
+
+    run = make_run(tmp_path / "s", "r", metrics='{"kind": "train", "step": 30, "images_per_s": 99}\n')
+    out = io.StringIO()
+    progress = Progress([("r", run, 60)], stream=out, live=True)
+    progress.update()
+    progress.close()
+    assert "30/60" in out.getvalue() and "img/s 99" in out.getvalue()
