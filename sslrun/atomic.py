@@ -7,6 +7,7 @@ each. Used for manifests, configs, results, checkpoints and reports alike.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -26,14 +27,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all; an OSError (a full disk) names `path`, and no temporary is left."""
+def write_atomic(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    """Write `path` whole or not at all; an OSError (a full disk) names `path`, and no temporary is left.
+
+    `before_replace` runs once the new bytes are safely on disk, just before they take the
+    name (checkpoint.save keeps the old file as prev.pt there): a write that fails changes nothing."""
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as err:  # name the file: a failed write() (a full disk) names none
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sslrun.atomic import fsync_dir, write_atomic
+from sslrun.atomic import write_atomic
 from sslrun.errors import write_error
 
 log = logging.getLogger(__name__)
@@ -67,28 +67,25 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
     A failed write (a full disk) leaves last.pt and prev.pt as they were and raises a
     UserError naming the file."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{LAST}.tmp{os.getpid()}"
+    last, prev = folder / LAST, folder / PREV
     data = to_bytes(state)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        last = folder / LAST
-        if last.exists():
-            prev_tmp = folder / f".{PREV}.tmp{os.getpid()}"
-            if prev_tmp.exists():
-                prev_tmp.unlink()
+
+    def keep_previous() -> None:
+        if not last.exists():
+            return
+        prev_tmp = folder / f".{PREV}.tmp{os.getpid()}"
+        prev_tmp.unlink(missing_ok=True)
+        try:
             os.link(last, prev_tmp)
-            os.replace(prev_tmp, folder / PREV)
-        os.replace(tmp, last)
+            os.replace(prev_tmp, prev)
+        finally:
+            prev_tmp.unlink(missing_ok=True)
+
+    try:
+        write_atomic(last, data, before_replace=keep_previous)
     except OSError as err:
-        raise write_error(folder / LAST, err, f"the previous checkpoints in {folder} are kept") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        (folder / f".{PREV}.tmp{os.getpid()}").unlink(missing_ok=True)
-    fsync_dir(folder)
-    return folder / LAST
+        raise write_error(last, err, f"the previous checkpoints in {folder} are kept") from None
+    return last
 
 
 def load_latest(folder: Path) -> tuple[dict[str, Any] | None, str]:

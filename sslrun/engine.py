@@ -8,7 +8,6 @@ therefore needs only weights, optimizer, schedule, EMA, step and the strategy's 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -21,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
-from sslrun import checkpoint, distributed
+from sslrun import checkpoint, distributed, run_folder
 from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
@@ -109,7 +107,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         distributed.init(self.info, self.device)
         self.run_dir = cfg.run_dir()
-        self.ckpt_dir = self.run_dir / "ckpt"
+        self.ckpt_dir = run_folder.ckpt_dir(self.run_dir)
         self.manifest: Manifest = read_manifest(cfg.data)
         check_shards(self.manifest, cfg.verify_shards)  # a damaged shard is found before any folder is made
         check_preset("augment", cfg.augment)
@@ -264,14 +262,13 @@ class Trainer:
         cfg = self.cfg
         self._t_start = time.time()
         if self.info.is_main:
-            self._claim_run_dir()
+            run_folder.claim(self.run_dir, save_config(self.cfg), RESUME_KEYS)
             for name in checkpoint.remove_stale_tmp(self.ckpt_dir):
                 log.warning("removed %s, left by a save that was killed", self.ckpt_dir / name)
         distributed.barrier()
-        finished = self.run_dir / "result.json"
-        if finished.exists():
+        if (self.run_dir / run_folder.RESULT).exists():
             log.info("%s is finished; not training again", self.run_dir)
-            return json.loads(finished.read_text())
+            return run_folder.read_result(self.run_dir)
         state, note = checkpoint.load_latest(self.ckpt_dir)
         if note:
             log.warning("%s", note)
@@ -411,8 +408,7 @@ class Trainer:
                 state = {"step": self.step, "model": self.model.state_dict(), "num_classes": self.manifest.num_classes,
                          "model_name": self.cfg.model, "classes": self.manifest.classes,
                          "ema": self.ema.module.state_dict() if self.ema is not None else None, "val_acc": res.acc}
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                checkpoint.atomic_write_bytes(self.ckpt_dir / "best.pt", checkpoint.to_bytes(state))
+                run_folder.write_best(self.run_dir, checkpoint.to_bytes(state))
         if self.runlog is not None and log_it:
             self.runlog.scalars(self.step, {"acc": res.acc, "loss": res.loss, "count": res.count,
                                             "best_acc": self.best["val_acc"]}, "val")
@@ -454,32 +450,9 @@ class Trainer:
                                                                "batch_size", "mu", "steps", "pretrained")}, metrics)
         self._close_log()
         if self.info.is_main:
-            checkpoint.atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+            run_folder.write_result(self.run_dir, result)
         distributed.barrier()
         return result
-
-    def _claim_run_dir(self) -> None:
-        """Create the run folder, or check that the one there holds this same run."""
-        path = self.run_dir / "config.yaml"
-        mine = save_config(self.cfg)
-        if path.exists():
-            theirs = yaml.safe_load(path.read_text()) or {}
-            ours = yaml.safe_load(mine)
-            changed = {k: [theirs.get(k), ours[k]] for k in ours if theirs.get(k) != ours[k]}
-            differ = [k for k in changed if k not in RESUME_KEYS]
-            if differ:
-                k = differ[0]
-                raise UserError(f"{self.run_dir} holds a run with {k}={theirs.get(k)!r}, not {ours[k]!r}; "
-                                f"choose another sweep= or name= (nothing was changed)")
-            if changed and not (self.run_dir / "result.json").exists():
-                line = {"wall": round(time.time(), 3), "changed": changed}
-                with open(self.run_dir / "config-history.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(line) + "\n")
-                checkpoint.atomic_write_text(path, mine)
-                log.warning("resuming with %s", ", ".join(f"{k}={v[1]!r} (was {v[0]!r})" for k, v in changed.items()))
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(path, mine)
 
 
 def run(cfg: Config) -> dict[str, Any]:

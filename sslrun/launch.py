@@ -17,12 +17,14 @@ import signal
 import sys
 import time
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import submitit
 
+from sslrun import run_folder
 from sslrun.config import ALIASES, Config, check_text, make_config, parse_overrides, run_name
 from sslrun.errors import UserError
 from sslrun.run_check import check_run
@@ -47,12 +49,8 @@ def parse_array(items: list[str]) -> list[dict[str, str]]:
 
 
 def run_state(cfg: Config) -> str:
-    run_dir = cfg.run_dir()
-    if (run_dir / "result.json").exists():
-        return "done"
-    if (run_dir / "ckpt" / "last.pt").exists() or (run_dir / "ckpt" / "prev.pt").exists():
-        return "partial"
-    return "new"
+    """The run folder's state (run_folder.state): new, started, partial, done, failed or damaged."""
+    return run_folder.state(cfg.run_dir())
 
 
 def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict[str, str]] | None = None) -> list[Config]:
@@ -94,14 +92,19 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        cfg = Config(**cfg_dict)
         try:
-            return run(Config(**cfg_dict))
+            return run(cfg)
         except Interrupted as stop:
             if stop.signum == signal.SIGTERM and "SLURM_JOB_ID" in os.environ:
                 # SLURM sends SIGTERM when it ends the job: scancel, `scontrol requeue`, or the end of
                 # a grace time. The state is saved; returning or raising would make submitit record a
                 # result, and a requeued job would read as finished. Wait for SLURM's SIGKILL instead.
                 time.sleep(3600)
+            raise
+        except Exception as err:
+            if env.global_rank == 0:
+                run_folder.write_failure(cfg.run_dir(), err)  # JSON for status/report: no pickle is read
             raise
 
 
@@ -270,9 +273,7 @@ def sbatch_script(folder: Path, opts: ClusterOptions, runs: int) -> str:
     return f"#!/bin/bash\n\n# Parameters\n{body}\n\n# command\nexport SUBMITIT_EXECUTOR=slurm\n{srun} {command}\n"
 
 
-def jobs_file(sweep_dir: Path) -> Path:
-    """Where submit() records which SLURM job runs which run: `status` reads it back."""
-    return sweep_dir / ".submitit" / "jobs.jsonl"
+jobs_file = run_folder.jobs_file
 
 
 def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, submitit.Job]]:
@@ -310,8 +311,10 @@ def run_overrides(cfg: Config) -> list[str]:
     return items
 
 
-def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, str]:
-    """Wait for every job to end; returns run name -> "ok" or the job's error, one line."""
+def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s: float | None = None,
+         on_poll: Callable[[], None] | None = None) -> dict[str, str]:
+    """Wait for every job to end; returns run name -> "ok" or the job's error, one line.
+    `on_poll` (progress.Progress.update) runs at every poll."""
     start = time.time()
     outcome: dict[str, str] = {}
     pending = list(jobs)
@@ -328,6 +331,8 @@ def wait(jobs: list[tuple[Config, submitit.Job]], poll_s: float = 2.0, timeout_s
             else:
                 still.append((cfg, job))
         pending = still
+        if on_poll is not None:
+            on_poll()
         if pending:
             if timeout_s is not None and time.time() - start > timeout_s:
                 for cfg, job in pending:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from sslrun import checkpoint as ckpt_io
+from sslrun import run_folder
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import load_split
 from sslrun.distributed import DistInfo
@@ -51,12 +51,16 @@ class Predictions:
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
+    path = run_dir / run_folder.CONFIG
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(cfg, dict) or not cfg.get("data") or not cfg.get("model"):
-        raise UserError(f"{path}: expected a run's config with data= and model=")
+    cfg = run_folder.read_config(run_dir)
+    for key in ("data", "model"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise UserError(f"{path}: expected a run's config with {key}= (a name or path), found {cfg.get(key)!r}")
+    size = cfg.get("image_size", 96)
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise UserError(f"{path}: image_size={size!r}, expected a whole number of pixels from 8 to 4096")
     return cfg
 
 
@@ -64,16 +68,17 @@ def load_checkpoint(run_dir: Path, which: str) -> dict[str, Any]:
     """best.pt or last.pt of a run, read as plain tensors (weights_only)."""
     if which not in CHECKPOINTS:
         raise UserError(f"--checkpoint {which}: expected one of {', '.join(CHECKPOINTS)}")
-    path = run_dir / "ckpt" / f"{which}.pt"
+    folder = run_folder.ckpt_dir(run_dir)
+    path = folder / f"{which}.pt"
     if not path.is_file():
-        other = [c for c in CHECKPOINTS if c != which and (run_dir / "ckpt" / f"{c}.pt").is_file()]
+        other = [c for c in CHECKPOINTS if c != which and (folder / f"{c}.pt").is_file()]
         hint = f" (it has {other[0]}.pt: --checkpoint {other[0]})" if other else " (the run has saved no weights yet)"
         raise UserError(f"{run_dir}: no checkpoint ckpt/{which}.pt{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported in one line
         raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}: {' '.join(str(err).split())[:120]})") from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not state["model"]:
         raise UserError(f"{path}: not a sslrun checkpoint (no 'model' weights)")
     return state
 
@@ -87,13 +92,13 @@ def load_model(run_dir: Path, cfg: dict[str, Any], state: dict[str, Any], manife
         raise UserError(f"{run_dir}: checkpoint has {classes} classes, data {manifest.root} has {manifest.num_classes}")
     model = create_model(name, manifest.num_classes, frozen=bool(cfg.get("frozen")))  # the same layers as trained
     ema = state.get("ema")
-    weights = ema if isinstance(ema, dict) else state["model"]
+    weights = ema if isinstance(ema, dict) and ema else state["model"]
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0][:160]
         raise UserError(f"{run_dir}: checkpoint weights do not fit model {name} ({first})") from None
-    return model.eval(), isinstance(ema, dict)
+    return model.eval(), weights is ema
 
 
 def predict_runs(run_dirs: list[Path], split: str = "test", which: str = "best", batch_size: int = 256,
@@ -150,12 +155,33 @@ def default_out(run_dirs: list[Path], split: str, which: str) -> Path:
     return Path(run_dirs[0]).resolve().parent / f"ensemble-{len(run_dirs)}runs-{digest}-{split}-{which}.csv"
 
 
-def write_predictions(run_dirs: list[Path], split: str = "test", which: str = "best", out: Path | None = None,
-                      workers: int = 0) -> tuple[Path, Predictions]:
-    """Predict and write the CSV atomically (a reader never sees half a submission)."""
-    pred = predict_runs(run_dirs, split, which, workers=workers)
-    path = Path(out) if out else default_out(run_dirs, split, which)
+def check_out(path: Path, overwrite: bool) -> None:
+    """An explicit --out never replaces an existing file unless asked (--overwrite), and never a
+    folder or a file of a run folder (config.yaml, a checkpoint...): those are data, not outputs."""
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a folder; expected a CSV file name")
     if not path.parent.is_dir():
         raise UserError(f"--out {path}: folder {path.parent} does not exist")
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--out {path}: expected a file name ending in .csv")
+    if path.exists() and not overwrite:
+        raise UserError(f"--out {path}: exists; give --overwrite to replace it (nothing was written)")
+
+
+def write_predictions(run_dirs: list[Path], split: str = "test", which: str = "best", out: Path | None = None,
+                      workers: int = 0, overwrite: bool = False) -> tuple[Path, Predictions]:
+    """Predict and write the CSV atomically (a reader never sees half a submission).
+
+    The default path (RUN/submission-SPLIT-CKPT.csv, or ensemble-...csv beside the runs) is this
+    command's own output and is rewritten; an explicit `out` that exists needs `overwrite`.
+    Every check runs before the predictions are computed."""
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more loader processes")
+    path = Path(out) if out else default_out(run_dirs, split, which)
+    if out:
+        check_out(path, overwrite)
+    elif not path.parent.is_dir():
+        raise UserError(f"--out {path}: folder {path.parent} does not exist")
+    pred = predict_runs(run_dirs, split, which, workers=workers)
     ckpt_io.atomic_write_text(path, submission_csv(pred))
     return path, pred

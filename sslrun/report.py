@@ -1,10 +1,13 @@
 """A sweep's report: per-setting table over seeds (Markdown + CSV), plots, and what it cost.
 
-Everything comes from the run folders alone (config.yaml, result.json, metrics.jsonl,
-restarts.jsonl, ckpt/last.pt) plus submitit's job files for failures, so a report can be
-made at any time, also while the sweep is still running. A run that is not finished is
-shown with its state (partial, started, failed), never dropped: a mean over the seeds that
-happened to finish would otherwise look like a mean over all of them.
+Everything comes from the run folders alone, read through `run_folder` (config.yaml,
+result.json, metrics.jsonl, restarts.jsonl, ckpt/last.pt, failure.json), so a report can be
+made at any time, also while the sweep is still running; submitit's pickles are never opened.
+A run that is not finished is shown with its state (partial, started, failed, damaged), never
+dropped: a mean over the seeds that happened to finish would otherwise look like a mean over
+all of them. Runs are pooled only when every key but the seed (and the keys that do not change
+what is learned: workers, eval cadence...) is equal, data included; runs that differ in a key
+outside --by get an "other keys" column that tells them apart.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import csv
 import io
 import json
 import logging
-import pickle
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,24 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sslrun.checkpoint import atomic_write_bytes, atomic_write_text
-from sslrun.tb import confusion_figure
+from sslrun import run_folder
 from sslrun.config import ALIASES, Config
 from sslrun.errors import UserError
 from sslrun.results import collect
+from sslrun.tb import confusion_figure
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BY = ("strategy", "threshold", "frozen", "model")
+# Keys that name or place a run, or only change how it is run, not what it learns: never split a setting.
+NOT_SETTING = ("seed", "name", "sweep", "root", "workers", "threads", "device", "eval_every", "log_every",
+               "ckpt_every", "verify_shards")
+OTHER = "other keys"
 
 
 @dataclass
 class Run:
     name: str
     dir: Path
-    state: str  # done | partial | started | failed
+    state: str  # done | partial | started | failed | damaged
     setting: tuple[str, ...]
     seed: int
     result: dict[str, Any]
@@ -62,95 +68,65 @@ def _value(cfg: dict[str, Any], key: str) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line of a running job
-    return rows
-
-
 def _restarts(run_dir: Path) -> tuple[int, float]:
-    path = run_dir / "restarts.jsonl"
     steps, secs = 0, 0.0
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                steps += int(row.get("redone_steps", 0))
-                secs += float(row.get("redone_s", 0.0))
-            except (ValueError, TypeError):
-                continue
+    for row in run_folder.read_jsonl(run_dir / run_folder.RESTARTS).records:
+        try:
+            steps += int(row.get("redone_steps", 0))
+            secs += float(row.get("redone_s", 0.0))
+        except (ValueError, TypeError, OverflowError):
+            continue
     return steps, secs
 
 
-def _checkpoint_progress(run_dir: Path) -> tuple[int, float]:
-    """Step and elapsed seconds of an unfinished run, read from last.pt (memory-mapped: cheap)."""
-    for name in ("last.pt", "prev.pt"):
-        path = run_dir / "ckpt" / name
-        if path.exists():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                return int(state.get("step", 0)), float(state.get("elapsed_s", 0.0))
-            except Exception as err:  # noqa: BLE001 - an unreadable checkpoint shows as no progress
-                log.warning("%s unreadable: %s", path, err)
-    return 0, 0.0
+def _seed(cfg: dict[str, Any]) -> int:
+    v = cfg.get("seed")
+    return v if isinstance(v, int) and not isinstance(v, bool) else -1
 
 
-def submitit_failures(sweep_dir: Path) -> dict[str, str]:
-    """Run name -> last line of the error, for runs whose latest submitit job ended in an error."""
-    latest: dict[str, tuple[float, str]] = {}
-    for submitted in sorted((sweep_dir / ".submitit").glob("*/*_submitted.pkl")):
-        try:
-            with open(submitted, "rb") as f:
-                job = pickle.load(f)  # our own job files, written by launch.submit
-            name = job.args[0]["name"]
-        except Exception:  # noqa: BLE001 - an unreadable job file says nothing about the run
+def _identity(cfg: dict[str, Any], by: tuple[str, ...]) -> dict[str, str]:
+    """Every key outside --by that defines what the run learns, as text (data as a resolved path)."""
+    out = {}
+    for key, value in cfg.items():
+        if key in NOT_SETTING or key in by:
             continue
-        prefix = submitted.name[: -len("_submitted.pkl")]
-        for res in submitted.parent.glob(f"{prefix}_*result.pkl"):
-            try:
-                with open(res, "rb") as f:
-                    outcome, payload = pickle.load(f)
-            except Exception:  # noqa: BLE001
-                continue
-            stamp = res.stat().st_mtime
-            if name not in latest or stamp > latest[name][0]:
-                lines = [ln for ln in str(payload).strip().splitlines() if ln.strip()]
-                latest[name] = (stamp, (lines[-1][:200] if lines else "error") if outcome == "error" else "")
-    return {name: why for name, (_, why) in latest.items() if why}
+        if key == "data" and isinstance(value, str) and value:
+            value = str(Path(value).expanduser().resolve())
+        out[str(key)] = json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def _others(identities: list[dict[str, str]]) -> list[str]:
+    """Per run, the keys outside --by whose values differ between runs ("" for all when none do)."""
+    keys = sorted({k for ident in identities for k in ident})
+    vary = [k for k in keys if len({ident.get(k) for ident in identities}) > 1]
+    return [" ".join(f"{k}={json.loads(ident[k]) if k in ident else '-'}" for k in vary) for ident in identities]
 
 
 def gather(sweep_dir: Path, by: tuple[str, ...] = DEFAULT_BY) -> list[Run]:
-    """Every run folder of the sweep with its state, setting, cost and metrics."""
+    """Every run folder of the sweep with its state, setting, cost and metrics.
+
+    A damaged run is a row of its own with the file named; it never stops the others."""
     known = set(Config.__dataclass_fields__)
     by = tuple(ALIASES.get(k, k) for k in by)
     for key in by:
         if key not in known:
             raise UserError(f"--by {key}: not a config key (known: {', '.join(sorted(known))})")
-    failures = submitit_failures(sweep_dir)
+    rows = collect(sweep_dir, checkpoints=True)
+    others = _others([_identity(row["config"], by) for row in rows])
     runs = []
-    for row in collect(sweep_dir):
-        run_dir, cfg = Path(row["dir"]), row["config"]
-        state = row["state"]
-        if state == "done":
-            result = json.loads((run_dir / "result.json").read_text())
-            steps, elapsed = int(result.get("steps", 0)), float(result.get("elapsed_s", 0.0))
-            ranks, device = int(result.get("world_size", 1)), str(result.get("device", "?")).split(":")[0]
+    for row, other in zip(rows, others):
+        view: run_folder.RunView = row["view"]
+        cfg, result = view.config, view.result
+        if view.state == "done":
+            ranks = result.get("world_size") if isinstance(result.get("world_size"), int) else 1
+            device = str(result.get("device", "?")).split(":")[0]
         else:
-            result = {}
-            steps, elapsed = _checkpoint_progress(run_dir)
             ranks, device = 1, cfg.get("device") if cfg.get("device") in ("cpu", "cuda") else "?"
-            if row["run"] in failures:
-                state = "failed"
-        redone_steps, redone_s = _restarts(run_dir)
-        runs.append(Run(row["run"], run_dir, state, tuple(_value(cfg, k) for k in by), int(cfg.get("seed", 0)),
-                        result, steps, elapsed, ranks, device, redone_steps, redone_s,
-                        failures.get(row["run"], "") if state == "failed" else "", _metrics(run_dir)))
+        redone_steps, redone_s = _restarts(view.dir)
+        setting = tuple(_value(cfg, k) for k in by) + ((other,) if any(others) else ())
+        runs.append(Run(view.name, view.dir, view.state, setting, _seed(cfg), result, view.step, view.elapsed_s,
+                        max(1, ranks), device, redone_steps, redone_s, view.damage or view.failure, view.metrics))
     return runs
 
 
@@ -165,6 +141,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _num(v: Any, scale: float, fmt: str) -> str:
+    return "-" if v is None else f"{scale * v:{fmt}}"
 
 
 def setting_rows(runs: list[Run], by: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
@@ -189,7 +169,7 @@ def setting_rows(runs: list[Run], by: tuple[str, ...]) -> tuple[list[str], list[
             elif r.state != "done":
                 line += [r.state, r.state]
             else:
-                line += [f"{100 * r.result['val_acc']:.2f}", f"{r.result['val_loss']:.4f}"]
+                line += [_num(r.result.get("val_acc"), 100, ".2f"), _num(r.result.get("val_loss"), 1, ".4f")]
         done = [r for r in group if r.state == "done" and r.result.get("val_acc") is not None]
         for key, scale, fmt in (("val_acc", 100, ".2f"), ("val_loss", 1, ".4f"), ("test_acc", 100, ".2f")):
             mean, std = _mean_std([scale * r.result[key] for r in done if r.result.get(key) is not None])
@@ -200,7 +180,33 @@ def setting_rows(runs: list[Run], by: tuple[str, ...]) -> tuple[list[str], list[
             line.append(f"{sum(r.hours for r in group if r.device not in ('cuda', 'cpu')):.4f}")
         line.append(f"{sum(r.redone_s for r in group):.1f}")
         rows.append(line)
-    return header, rows
+    return _with_gain(header, rows, by, seeds)
+
+
+GAIN = "acc gain vs supervised (points)"
+
+
+def _with_gain(header: list[str], rows: list[list[str]], by: tuple[str, ...],
+               seeds: list[int]) -> tuple[list[str], list[list[str]]]:
+    """Add what semi-supervised learning bought: a setting's mean val accuracy minus that of the
+    supervised setting equal in every other --by key (threshold aside: supervised ignores it)."""
+    if "strategy" not in by:
+        return header, rows
+    si = by.index("strategy")
+    ignore = {si} | ({by.index("threshold")} if "threshold" in by else set())
+    mean_col = len(by) + 2 * len(seeds)
+
+    def rest(line: list[str]) -> tuple[str, ...]:
+        return tuple(v for i, v in enumerate(line[: len(by)]) if i not in ignore)
+
+    base = {rest(line): line[mean_col] for line in rows if line[si] == "supervised" and line[mean_col] != "-"}
+    if not base:
+        return header, rows
+    for line in rows:
+        ref = base.get(rest(line))
+        gain = "-" if ref is None or line[mean_col] == "-" else f"{float(line[mean_col]) - float(ref):+.2f}"
+        line.append(gain)
+    return [*header, GAIN], rows
 
 
 def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
@@ -337,14 +343,19 @@ def plot_pseudo_labels(runs: list[Run], by: tuple[str, ...], path: Path) -> bool
 
 def best_run(runs: list[Run]) -> Run | None:
     done = [r for r in runs if r.state == "done" and r.result.get("val_acc") is not None]
-    return max(done, key=lambda r: (r.result["val_acc"], -r.result.get("val_loss", 0.0)), default=None)
+    return max(done, key=lambda r: (r.result["val_acc"], -(r.result.get("val_loss") or 0.0)), default=None)
 
 
 def plot_confusion(run: Run, path: Path) -> bool:
     """The best run's final validation confusion matrix (stored in its result.json) with class names."""
     matrix, classes = run.result.get("val_confusion"), run.result.get("classes")
-    if not matrix or not classes:
+    if not matrix or not classes or not isinstance(classes, list) or not isinstance(matrix, list):
         return False
+    n = len(classes)
+    if len(matrix) != n or not all(isinstance(row, list) and len(row) == n and
+                                   all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+                                   for row in matrix):
+        return False  # a hand-edited or damaged result.json: no plot rather than a traceback
     fig = confusion_figure(matrix, classes,
                            f"{run.name}\nval acc {100 * run.result['val_acc']:.2f}% (final EMA weights)")
     _save(fig, path)
@@ -356,8 +367,15 @@ def make_report(sweep_dir: Path, by: tuple[str, ...] = DEFAULT_BY, out: Path | N
     sweep_dir = Path(sweep_dir)
     runs = gather(sweep_dir, by)
     by = tuple(ALIASES.get(k, k) for k in by)
-    out = Path(out) if out else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    if runs and len(runs[0].setting) > len(by):
+        by = (*by, OTHER)
+    out = Path(out) if out else run_folder.report_dir(sweep_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; expected a folder for the report's CSV and PNG files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create the folder ({err.strerror or err})") from None
     s_header, s_rows = setting_rows(runs, by)
     r_header, r_rows = run_rows(runs)
     files = [out / "settings.csv", out / "runs.csv"]

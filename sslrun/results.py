@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from sslrun import run_folder
 from sslrun.errors import UserError
-from sslrun.yaml_file import read_yaml_mapping
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per run folder: its config, its result when finished, else its state."""
-    if not sweep_dir.is_dir():
-        raise UserError(f"sweep folder {sweep_dir} does not exist")
+def collect(sweep_dir: Path, checkpoints: bool = False) -> list[dict[str, Any]]:
+    """One row per run folder: its config, its result when finished, else its state (never
+    stopped by one damaged run: that row's state is `damaged` and `damage` names the file)."""
     rows = []
-    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.exists():
-            continue
-        cfg = read_yaml_mapping(cfg_path, "a mapping of config keys", empty_ok=True)
-        row: dict[str, Any] = {"run": run_dir.name, "dir": str(run_dir), "strategy": cfg.get("strategy"),
-                               "seed": cfg.get("seed"), "config": cfg}
-        result = run_dir / "result.json"
-        if result.exists():
-            try:
-                row.update(json.loads(result.read_text()))
-            except (ValueError, TypeError) as err:
-                raise UserError(f"{result}: not a valid result file ({err})") from None
-            row["state"] = "done"
-        else:
-            row["state"] = "partial" if (run_dir / "ckpt" / "last.pt").exists() else "started"
+    for run_dir in run_folder.run_dirs(sweep_dir):
+        view = run_folder.read_run(run_dir, checkpoints=checkpoints)
+        cfg = view.config
+        row: dict[str, Any] = {"run": view.name, "dir": str(run_dir), "strategy": cfg.get("strategy"),
+                               "seed": cfg.get("seed"), "config": cfg, **view.result, "state": view.state,
+                               "damage": view.damage, "failure": view.failure, "view": view}
         rows.append(row)
     if not rows:
         raise UserError(f"sweep folder {sweep_dir} holds no runs")
@@ -40,6 +28,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{100 * v:.2f}" if isinstance(v, float) else str(v)
+
 
 
 def seed_table(rows: list[dict[str, Any]]) -> str:

@@ -7,26 +7,18 @@ requeued or dead. The link between them is `.submitit/jobs.jsonl`, written at su
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from sslrun import run_folder
 from sslrun.errors import UserError
-from sslrun.launch import jobs_file
 
 
 def submitted_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     """Run name -> its latest submission record (a resubmission supersedes the earlier one)."""
-    path = jobs_file(sweep_dir)
-    latest: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                latest[rec["run"]] = rec
-    return latest
+    return run_folder.submitted_jobs(sweep_dir)[0]
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
@@ -58,66 +50,67 @@ def _squeue_states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
 
 
 def progress(run_dir: Path) -> dict[str, Any]:
-    """Step, epoch, latest and best val accuracy from metrics.jsonl; result.json when finished."""
-    row: dict[str, Any] = {"step": None, "epoch": None, "val_acc": None, "best_val_acc": None, "restarts": None}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line being written right now
-                continue
-            if rec.get("kind") == "train":
-                row["step"], row["epoch"] = rec["step"], rec.get("epoch")
-            elif rec.get("kind") == "val":
-                row["val_acc"], row["best_val_acc"] = rec.get("acc"), rec.get("best_acc")
-    result = run_dir / "result.json"
-    if result.exists():
-        res = json.loads(result.read_text())
-        row.update(step=res["steps"], val_acc=res["val_acc"], best_val_acc=res["best_val_acc"], restarts=res["restarts"])
+    """State, step, epoch, latest and best val accuracy, restarts and damage of one run folder."""
+    view = run_folder.read_run(run_dir)
+    row: dict[str, Any] = {"state": view.state, "step": view.step or None, "epoch": None, "val_acc": None,
+                           "best_val_acc": None, "restarts": None, "damage": view.damage or view.failure}
+    for rec in view.metrics:
+        if rec.get("kind") == "train":
+            row["epoch"] = rec.get("epoch")
+        elif rec.get("kind") == "val":
+            row["val_acc"], row["best_val_acc"] = rec.get("acc"), rec.get("best_acc")
+    if view.state == "done":
+        res = view.result
+        row.update(step=res["steps"], val_acc=res["val_acc"], best_val_acc=res.get("best_val_acc"),
+                   restarts=res.get("restarts"))
     return row
 
 
 def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per run (submitted, or found on disk): state, progress, accuracy, restarts, log."""
-    if not sweep_dir.is_dir():
-        raise UserError(f"sweep folder {sweep_dir} does not exist")
-    jobs = submitted_jobs(sweep_dir)
-    on_disk = {p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    """One row per run (submitted, or found on disk): state, progress, accuracy, restarts, log.
+
+    A damaged file (jobs.jsonl, or a run's config.yaml, result.json, metrics.jsonl or checkpoint)
+    shows as that run's state `damaged` with the file named; the other runs are listed as usual."""
+    on_disk = {p.name for p in run_folder.run_dirs(sweep_dir)}
+    jobs, jobs_damage = run_folder.submitted_jobs(sweep_dir)
     names = sorted(set(jobs) | on_disk)
     if not names:
+        if jobs_damage:
+            raise UserError(jobs_damage)
         raise UserError(f"sweep folder {sweep_dir} holds no runs and no submitted jobs")
-    slurm_ids = [rec["job_id"] for rec in jobs.values() if rec.get("cluster", "slurm") == "slurm"]
+    slurm_ids = [str(rec.get("job_id")) for rec in jobs.values() if rec.get("cluster", "slurm") == "slurm"]
     states = slurm_states(slurm_ids)
     rows = []
     for name in names:
-        run_dir = sweep_dir / name
+        run_dir = Path(sweep_dir) / name
         rec = jobs.get(name, {})
         row: dict[str, Any] = {"run": name, "job_id": rec.get("job_id"), "log": rec.get("stderr"), **progress(run_dir)}
         state, restarts = states.get(str(rec.get("job_id")), ("", -1))
-        if (run_dir / "result.json").exists():
-            row["state"] = "done"  # whatever SLURM says: its record lags the job's last seconds
-        else:
-            row["state"] = state or ("partial" if (run_dir / "ckpt" / "last.pt").exists() else "new")
+        if row["state"] in ("new", "started", "partial") and state:
+            row["state"] = state  # SLURM knows whether it waits, runs or died; done/failed/damaged are the folder's
         if restarts >= 0 and row["restarts"] is None:
             row["restarts"] = restarts
         rows.append(row)
+    if jobs_damage:
+        for row in rows:
+            if row["state"] != "done" and not row["damage"]:
+                row["damage"] = jobs_damage
     return rows
 
 
 def _fmt(v: Any, percent: bool = False) -> str:
     if v is None:
         return "-"
-    if percent:
+    if percent and isinstance(v, (int, float)) and not isinstance(v, bool):
         return f"{100 * v:.2f}"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 def status_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| run | job | state | step | epoch | val acc % | best val % | restarts | log |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | job | state | step | epoch | val acc % | best val % | restarts | log | why |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['job_id'] or '-'} | {r['state']} | {_fmt(r['step'])} | {_fmt(r['epoch'])} | "
                      f"{_fmt(r['val_acc'], True)} | {_fmt(r['best_val_acc'], True)} | {_fmt(r['restarts'])} | "
-                     f"{r['log'] or '-'} |")
+                     f"{r['log'] or '-'} | {(r.get('damage') or '-').replace('|', '/')} |")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import FAST, REPO, _train, run_door, signal_when, start_door
-from sslrun import checkpoint
+from sslrun import atomic, checkpoint
 from sslrun.errors import UserError
 
 
@@ -83,7 +83,7 @@ def test_full_disk_during_checkpoint_keeps_both_files_injected(tmp_path, monkeyp
     checkpoint.save(folder, _state(1))
     checkpoint.save(folder, _state(2))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: _FullDisk(open(*a, **k)), raising=False)
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDisk(open(*a, **k)), raising=False)  # save writes through atomic
     with pytest.raises(UserError, match=r"cannot write .*last\.pt: No space left on device; the previous"):
         checkpoint.save(folder, _state(3))
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no tmp file, nothing changed

@@ -80,3 +80,37 @@ def test_bad_input_is_one_line_and_exit_2(small_sweep, tmp_path):
     proc = run_door("jobs/predict.py", str(good), str(other_model))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "resnet18" in lines[0]
+
+
+def test_out_checkpoint_and_config_mistakes_are_one_line_and_nothing_is_overwritten(small_sweep, tmp_path):
+    good = small_sweep / "seed=42"
+    taken = tmp_path / "taken.csv"
+    taken.write_text("keep me")
+    config = good / "config.yaml"
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(good, no_weights)
+    torch.save({"step": 3, "model": {}}, no_weights / "ckpt" / "best.pt")
+    bad_yaml = tmp_path / "bad-yaml"
+    shutil.copytree(good, bad_yaml, ignore=shutil.ignore_patterns("ckpt"))
+    (bad_yaml / "config.yaml").write_text("data: [unclosed\n")
+    marker = tmp_path / "code-ran"
+    tagged = tmp_path / "tagged"
+    shutil.copytree(good, tagged, ignore=shutil.ignore_patterns("ckpt"))
+    (tagged / "config.yaml").write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\nmodel: x\n")
+    cases = [
+        ([str(good), "--out", str(taken)], "exists; give --overwrite"),
+        ([str(good), "--out", str(tmp_path)], "is a folder"),
+        ([str(good), "--out", str(config)], "ending in .csv"),
+        ([str(no_weights)], "no 'model' weights"),
+        ([str(bad_yaml)], "not valid YAML"),
+        ([str(tagged)], "not valid YAML"),
+        ([str(good), "--workers", "-1"], "--workers -1"),
+    ]
+    before = config.read_bytes()
+    for args, fragment in cases:
+        proc = run_door("jobs/predict.py", *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, proc.stderr[-500:])
+    assert taken.read_text() == "keep me" and config.read_bytes() == before and not marker.exists()
+    proc = run_door("jobs/predict.py", str(good), "--out", str(taken), "--overwrite")
+    assert proc.returncode == 0 and taken.read_text().startswith("id,label\n")

@@ -116,7 +116,13 @@ def main() -> int:
     print(f"tensorboard --logdir {sweep_dir}")
     wait = args.wait if args.wait is not None else cluster == "local"
     if wait and jobs:
-        outcome = launch.wait(jobs)
+        from sslrun.progress import Progress
+
+        progress = Progress([(c.name, c.run_dir(), c.steps) for c, _ in jobs])
+        try:
+            outcome = launch.wait(jobs, on_poll=progress.update)
+        finally:
+            progress.close()
         failed = {k: v for k, v in outcome.items() if v != "ok"}
         for name, why in failed.items():
             print(f"run {name} failed: {why}", file=sys.stderr)
