@@ -4,18 +4,21 @@
                              [--parallel 3] [key=value ...]
 
 Extracts ../shared/data/cifar10-train-jpg.tar (50,000 JPEGs in train/<class>/) to --work,
-renames files to <class>_<name> (ids must be unique across classes), and builds a shard set
-with 25 labels per class and a validation split carved from the training images (100 per
-class by default). Every run gets the same wall-clock budget (`budget_s`; the run stops at
-the first step boundary after it and evaluates), a constant learning rate (the step count a
-budget allows is not known in advance, so a cosine schedule could not end on time), and the
-same small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not
+renames files to <class>_<name> (ids must be unique across classes), moves a seeded 1,000
+images per class to test/<class>/ (10,000 test images that no run sees: disjoint from the
+labeled, validation and unlabeled images by construction, since the files are moved), and
+builds a shard set from the other 40,000 with 25 labels per class, a validation split (100 per
+class by default), the rest unlabeled, and that test split. Runs are scored on the test split
+(result.json's `test_acc`, EMA weights). Every run gets the same wall-clock budget (`budget_s`;
+the run stops at the first step boundary after it and evaluates) and a cosine schedule sized to
+it (sslrun/budget.py: the step count is estimated from the measured step rate), and the same
+small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not
 bit-reproducible: a benchmark only.
 Each run is its own `jobs/train.py` process; `--parallel N` runs N side by side, a strategy's
 seeds together, so that every strategy meets the same contention (on 2 cores, FixMatch on
 cifar_cnn ran 540-590 images/s a run with 3 side by side against 1,250 alone: each run gets
 0.45x, the machine does 1.35x). Figures: bench/RESULTS-accuracy.md.
-Prints a Markdown table of the final validation accuracy (EMA weights), mean +- std over seeds.
+Prints a Markdown table of the test accuracy (EMA weights), mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ TAR = REPO.parent / "shared" / "data" / "cifar10-train-jpg.tar"  # ../shared bes
 # cifar_cnn, not test_resnet: test_resnet ends a 32 px image as one pixel. FixMatch on it was at 34-38 %
 # (argmax on the unlabeled set) at step 1,700 for seeds 42-44, pseudo-labels over 0.95 about 50 % right;
 # on cifar_cnn, 41 % validation accuracy at step 600 (seed 42) against 36 % for test_resnet.
-COMMON = ["model=cifar_cnn", "image_size=32", "lr=0.03", "nesterov=true", "schedule=constant", "ema_decay=0.99",
+COMMON = ["model=cifar_cnn", "image_size=32", "lr=0.03", "nesterov=true", "schedule=cosine", "ema_decay=0.99",
           # fp32: bf16 autocast + channels_last made a test_resnet FixMatch step (480 images, 32 px) 6x
           # slower on this 2-core CPU (1.34 s against 0.22 s), whatever it does for bigger nets
           "amp=off", "channels_last=off", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
@@ -53,11 +56,32 @@ PER_STRATEGY = {
 }
 
 
+TEST_PER_CLASS = 1000
+
+
+def carve_test(tree: Path, test: Path, per_class: int = TEST_PER_CLASS, seed: int = 0) -> None:
+    """Move a seeded `per_class` images of every class from tree/<class>/ to test/<class>/.
+
+    The choice is made from the union of both folders' names, so a carve killed half-way
+    finishes with the same selection when run again."""
+    import random
+
+    for d in sorted(p for p in tree.iterdir() if p.is_dir()):
+        dest = test / d.name
+        dest.mkdir(parents=True, exist_ok=True)
+        names = sorted({f.name for f in d.iterdir()} | {f.name for f in dest.iterdir()})
+        if len(names) <= per_class:
+            raise SystemExit(f"accuracy: class {d.name} has {len(names)} images, not more than the {per_class} for test")
+        for name in random.Random(f"{seed}:{d.name}").sample(names, per_class):
+            if (d / name).exists():
+                (d / name).rename(dest / name)
+
+
 def prepare(work: Path, val_per_class: int) -> Path:
     """The shard set under `work`, built once."""
     from sslrun.data.build import build_shards
 
-    shards = work / "shards"
+    shards = work / "shards-test10k"
     if (shards / "manifest.json").exists():
         return shards
     tree = work / "train"
@@ -70,7 +94,9 @@ def prepare(work: Path, val_per_class: int) -> Path:
         for f in d.iterdir():
             if not f.name.startswith(d.name + "_"):
                 f.rename(d / f"{d.name}_{f.name}")
-    build_shards(shards, labeled=tree, val_per_class=val_per_class, labels_per_class=25, seed=0, workers=2)
+    carve_test(tree, work / "test")
+    build_shards(shards, labeled=tree, test=work / "test", val_per_class=val_per_class, labels_per_class=25, seed=0,
+                 workers=2)
     return shards
 
 
@@ -97,7 +123,8 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
             raise SystemExit(f"accuracy: {strategy} seed {seed} exited {proc.returncode}; see {log_path}")
         result = json.loads(out)
         results.append(result)
-        print(json.dumps({"strategy": strategy, "seed": seed, "val_acc": result["val_acc"], "steps": result["steps"],
+        print(json.dumps({"strategy": strategy, "seed": seed, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
+                          "steps": result["steps"], "budget_steps": result.get("budget_steps"),
                           "elapsed_s": result["elapsed_s"]}), flush=True)
     return results
 
@@ -134,13 +161,13 @@ def main() -> int:
         group = jobs[i:i + args.parallel]
         for (strategy, _), result in zip(group, run_group(group, args, shards)):
             rows.setdefault(strategy, []).append(result)
-    print(f"\nCIFAR-10, 250 labels, {args.val_per_class * 10} validation images, {args.budget_min:g} min per run, "
+    print(f"\nCIFAR-10, 250 labels, 10,000 test images, {args.budget_min:g} min per run, "
           f"{args.parallel} run(s) at a time, seeds {args.seeds}, {(time.time() - t0) / 60:.0f} min in all")
-    print("| strategy | val acc % (mean +- std) | per seed | steps (mean) |")
+    print("| strategy | test acc % (mean +- std) | per seed | steps (mean) |")
     print("|---|---|---|---|")
     means = {}
     for strategy, results in rows.items():
-        accs = [100 * r["val_acc"] for r in results]
+        accs = [100 * (r["test_acc"] if r["test_acc"] is not None else float("nan")) for r in results]
         means[strategy] = statistics.mean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         steps = statistics.mean(r["steps"] for r in results)

@@ -24,6 +24,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from sslrun import checkpoint, distributed, run_folder
+from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
@@ -126,6 +127,7 @@ class Trainer:
         self.use_cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and self.use_cuda) else None
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.use_cuda)
+        self.budget = plan_for(cfg.budget_s, cfg.schedule, cfg.steps)  # the cosine's length under budget_s
         self._build_model()
         self.step = 0
         self.best = {"val_acc": -1.0, "step": 0}
@@ -169,7 +171,7 @@ class Trainer:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "cosine":  # FixMatch's cos(7*pi*k / (16*K)): never quite reaches 0
-            return math.cos(7 * math.pi * step / (16 * cfg.steps))
+            return math.cos(7 * math.pi * step / (16 * (self.budget.steps if self.budget else cfg.steps)))
         return 1.0
 
     @property
@@ -224,6 +226,7 @@ class Trainer:
             "num_classes": self.manifest.num_classes,
             "model_name": self.cfg.model,
             "config": self.cfg.to_dict(),
+            "budget": self.budget.state_dict() if self.budget else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -231,6 +234,8 @@ class Trainer:
             raise UserError(f"{self.ckpt_dir}: checkpoint is for model {state.get('model_name')} with "
                             f"{state.get('num_classes')} classes, this run has {self.cfg.model} with {self.manifest.num_classes}: "
                             f"the folder holds another run; choose another sweep= or name=")
+        if self.budget is not None and state.get("budget"):
+            self.budget.load_state_dict(state["budget"])
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -295,7 +300,8 @@ class Trainer:
                 autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with autocast:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
-                over = cfg.budget_s > 0 and self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
+                over = cfg.budget_s > 0 and (self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
+                                             or (self.budget is not None and self.step + 1 >= self.budget.steps))
                 # built on the device and read once, after the all_reduce: the step's only host sync
                 bad = (~torch.isfinite(loss.detach())).float().reshape(1)
                 host = torch.tensor([float(stop.signum), float(over)], device=bad.device)
@@ -311,6 +317,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
                 self.step += 1
+                if self.budget is not None:
+                    self.budget.observe(self.step, self.elapsed_s + time.time() - self._t_start, self._agree_min)
                 n_img += sum(v.shape[0] for k, v in raw.items() if k in ("x", "u_weak", "u_strong")) * self.info.world
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.time()
@@ -336,6 +344,9 @@ class Trainer:
                         self.save()
                     break
         return self._finish()
+
+    def _agree_min(self, n: int) -> int:
+        return -int(distributed.all_max(torch.tensor([-n], device=self.device)).item())
 
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
         dev = self.device
@@ -443,6 +454,8 @@ class Trainer:
         }
         if self.step < cfg.steps:
             result["stopped_by"] = "budget_s"
+        if self.budget is not None:
+            result["budget_steps"] = self.budget.steps
         if self.runlog is not None:
             metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),
                                          ("test_acc", test_acc)) if v is not None}

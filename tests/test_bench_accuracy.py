@@ -61,3 +61,37 @@ def test_bad_arguments_are_one_line_before_any_work(args, fragment, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w").exists()
+
+
+def test_carved_test_split_is_disjoint_seeded_and_resumable(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from make_synthetic_tree import _make_class
+
+    from sslrun.data.build import build_shards
+    from sslrun.data.manifest import read_manifest
+    from sslrun.data.samples import load_split
+
+    bench = _bench()
+    for c in range(3):
+        _make_class((str(tmp_path / "a"), c, c * 30, 30, 16))
+        _make_class((str(tmp_path / "b"), c, c * 30, 30, 16))
+    # one carve in one go; the other killed after its first class's moves, then run again
+    bench.carve_test(tmp_path / "a" / "train", tmp_path / "a" / "test", per_class=10)
+    first = sorted((tmp_path / "b" / "train").iterdir())[0]
+    bench.carve_test(tmp_path / "b" / "train", tmp_path / "b" / "test", per_class=10)
+    moved = sorted((tmp_path / "b" / "test" / first.name).iterdir())
+    for f in moved[:5]:  # put half of one class back: as if interrupted
+        f.rename(first / f.name)
+    bench.carve_test(tmp_path / "b" / "train", tmp_path / "b" / "test", per_class=10)
+    listing = {r: sorted(str(p.relative_to(tmp_path / r)) for p in (tmp_path / r).rglob("*.jpg")) for r in "ab"}
+    assert listing["a"] == listing["b"]
+    for d in (tmp_path / "a" / "test").iterdir():
+        assert len(list(d.iterdir())) == 10 and len(list((tmp_path / "a" / "train" / d.name).iterdir())) == 20
+    out = tmp_path / "shards"
+    build_shards(out, labeled=tmp_path / "a" / "train", test=tmp_path / "a" / "test", val_per_class=2,
+                 labels_per_class=3)
+    manifest = read_manifest(out)
+    ids = {s: set(load_split(manifest, s).ids) for s in ("train", "val", "unlabeled", "test")}
+    assert len(ids["test"]) == 30 and (load_split(manifest, "test").label >= 0).all()
+    assert not ids["test"] & (ids["train"] | ids["val"] | ids["unlabeled"])
+    assert len(ids["train"] | ids["val"] | ids["unlabeled"]) == 60
