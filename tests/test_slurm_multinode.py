@@ -189,6 +189,7 @@ def test_sbatch_template_two_array_tasks_on_the_same_two_nodes(slurm_two_nodes, 
         assert row["State"] == "COMPLETED", row
         spans.append((row["Start"], row["End"]))
     assert len(ports) == 2, ports  # the two tasks never share a port
+    assert spans[0][0] <= spans[1][1] and spans[1][0] <= spans[0][1], spans  # ... and ran at the same time
     print(f"\nsbatch template over 2 nodes: ports {sorted(ports)}, task spans {spans}")
     assert all(_result(d)["world_size"] == 2 for d in dirs)
 
