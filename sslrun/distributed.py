@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -52,10 +53,11 @@ def from_environment(env: dict[str, str] | None = None) -> DistInfo:
         port = 20000 + int(env["SUBMITIT_LOCAL_JOB_ID"]) % 20000
         return DistInfo(rank, world, int(env.get("SUBMITIT_LOCAL_LOCAL_RANK", "0")), "127.0.0.1", port)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        job = env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0")) + env.get("SLURM_ARRAY_TASK_ID", "0")
-        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                        first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))),
-                        20000 + int(job) % 20000)
+        # SLURM_JOB_ID differs for every array task: two tasks on the same nodes get different ports.
+        # MASTER_ADDR/MASTER_PORT, when the batch script sets them (slurm/train-array.sbatch), win.
+        port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+        addr = env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1")))
+        return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), addr, port)
     return DistInfo()
 
 
@@ -102,7 +104,8 @@ def init(info: DistInfo, device: torch.device, timeout_s: int = 300) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{info.master_addr}:{info.master_port}",
                             rank=info.rank, world_size=info.world, timeout=datetime.timedelta(seconds=timeout_s))
-    log.info("rank %d/%d joined (%s) via %s:%d", info.rank, info.world, backend, info.master_addr, info.master_port)
+    log.info("rank %d/%d on host %s joined (%s) via %s:%d", info.rank, info.world, socket.gethostname(), backend,
+             info.master_addr, info.master_port)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

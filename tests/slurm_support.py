@@ -1,4 +1,4 @@
-"""Helpers for tests that need the one-node SLURM test cluster (slurm/test-cluster/up.sh).
+"""Helpers for tests that need the SLURM test cluster (slurm/test-cluster/up.sh [--nodes 2]).
 
 Use in a test module::
 
@@ -37,13 +37,41 @@ def node_name() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def node_state(timeout: float = 5.0) -> tp.Optional[str]:
-    """The node's compact state as `sinfo %t` prints it, or None when sinfo does not answer."""
-    if shutil.which("sinfo") is None:
+# What `up.sh --nodes 2` makes: the controller's network namespace and the two namespaced nodes.
+CTL_NETNS = Path("/run/netns/sslctl")
+MODE_FILE = Path("/run/sslrun-test-cluster.nodes")
+MULTI_NODES = ("sslnode1", "sslnode2")
+MULTI_PARTITION = "multi"
+IN_CTL_HINT = "run the tests inside its namespace: nsenter --net=/run/netns/sslctl <command>"
+
+
+def two_node_mode() -> bool:
+    """True when the cluster was brought up with `up.sh --nodes 2`."""
+    try:
+        return MODE_FILE.read_text().strip() == "2"
+    except OSError:
+        return False
+
+
+def in_ctl_netns() -> bool:
+    """True when this process is in the controller's network namespace (where SLURM answers)."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino == os.stat(CTL_NETNS).st_ino
+    except OSError:
+        return False
+
+
+def node_state(timeout: float = 5.0, node: tp.Optional[str] = None) -> tp.Optional[str]:
+    """A node's compact state as `sinfo %t` prints it, or None when sinfo does not answer.
+
+    With the two-node cluster up, SLURM's controller address exists only inside its namespace:
+    from outside, sinfo is not even tried (its packets would go to the machine's real network).
+    """
+    if shutil.which("sinfo") is None or (two_node_mode() and not in_ctl_netns()):
         return None
     try:
         out = subprocess.run(
-            ["sinfo", "-h", "-n", node_name(), "-o", "%t"],
+            ["sinfo", "-h", "-n", node or node_name(), "-o", "%t"],
             capture_output=True, text=True, timeout=timeout, check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -88,13 +116,29 @@ def slurm_cluster() -> SlurmCluster:
     state = node_state()
     if state not in UP_STATES:
         why = "sinfo does not answer" if state is None else f"node {node_name()} is {state!r}"
-        msg = f"no usable SLURM test cluster ({why}); {START_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{msg}. CI is set, so this is a failure, not a skip.", pytrace=False)
-        pytest.skip(msg)
+        hint = IN_CTL_HINT if two_node_mode() and not in_ctl_netns() else START_HINT
+        _missing(f"no usable SLURM test cluster ({why}); {hint}")
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True)
     partitions = [p.rstrip("*") for p in out.stdout.split()]
     return SlurmCluster(node=node_name(), partitions=partitions)
+
+
+def _missing(msg: str) -> tp.NoReturn:
+    """Skip, or fail under CI: CI can never pass by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg}. CI is set, so this is a failure, not a skip.", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The two-node test cluster (`up.sh --nodes 2`): partition `multi` over sslnode1 and sslnode2."""
+    states = {n: node_state(node=n) for n in MULTI_NODES}
+    down = {n: st for n, st in states.items() if st not in UP_STATES}
+    if down or MULTI_PARTITION not in slurm_cluster.partitions:
+        _missing(f"no two-node SLURM test cluster (nodes {down or states}, partitions {slurm_cluster.partitions}); "
+                 "start it with: bash slurm/test-cluster/up.sh --nodes 2 (as root)")
+    return slurm_cluster
 
 
 def wait_until(predicate: tp.Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> float:

@@ -68,3 +68,16 @@ def test_dry_run_shows_two_nodes_of_four_gpus(tmp_path):
                  "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@120", "--kill-on-bad-exit=1"):
         assert line in out, out
     assert "dry run: nothing submitted" in out
+
+
+def test_two_array_tasks_on_the_same_nodes_get_different_ports():
+    """Array tasks share SLURM_ARRAY_JOB_ID but each has its own SLURM_JOB_ID; "12"+"3" == "1"+"23" once collided."""
+    a = from_environment({**TASK_5_OF_8, "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "13"})
+    b = from_environment({**TASK_5_OF_8, "SLURM_ARRAY_JOB_ID": "1", "SLURM_ARRAY_TASK_ID": "23", "SLURM_JOB_ID": "24"})
+    assert a.master_port != b.master_port
+
+
+def test_batch_script_rendezvous_wins():
+    """slurm/train-array.sbatch exports the address and port it took from the allocation."""
+    info = from_environment({**TASK_5_OF_8, "MASTER_ADDR": "gpu004", "MASTER_PORT": "31234"})
+    assert (info.master_addr, info.master_port, info.rank, info.world) == ("gpu004", 31234, 5, 8)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Stop the one-node SLURM test cluster started by up.sh: each daemon by the PID in its pid
-# file (never by name), in reverse start order. Packages, configs, the munge key, the
-# accounting database and SLURM's saved state stay; `up.sh` brings it all back.
+# Stop the SLURM test cluster started by up.sh: each daemon by the PID in its pid file (never
+# by name), in reverse start order; then what `up.sh --nodes 2` made: the node and controller
+# namespaces (with their veth pairs and bridge) and the node lines in /etc/hosts. Packages,
+# configs, the munge key, the accounting database and SLURM's saved state stay; `up.sh` brings
+# it all back. Safe to run on a cluster that is already down.
 set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "down.sh: must run as root" >&2; exit 1; }
 
@@ -27,8 +29,17 @@ stop() {
     fi
 }
 
-stop /run/slurmd.pid slurmd
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=net.sh
+. "$HERE/net.sh"
+
+for f in /run/slurmd-*.pid /run/slurmd.pid; do
+    [ -e "$f" ] && stop "$f" slurmd
+done
 stop /run/slurmctld.pid slurmctld
 stop /run/slurmdbd.pid slurmdbd
 stop /run/mysqld/mysqld.pid mariadbd
 stop /run/munge/munged.pid munged
+net_down
+hosts_remove
+rm -f /run/sslrun-test-cluster.nodes

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Bring up (or check) the one-node SLURM test cluster on this machine: packages, munge,
-# MariaDB + slurmdbd (accounting), slurmctld, slurmd. Idempotent: on a cluster that is
+# Bring up (or check) the SLURM test cluster on this machine: packages, munge,
+# MariaDB + slurmdbd (accounting), slurmctld, slurmd. With `--nodes 2`, two more nodes,
+# each its own network + UTS namespace (own hostname, address, slurmd, spool) on a bridge in
+# the controller's namespace `sslctl`, where slurmctld, slurmdbd and the one-node `debug`
+# node then run too; SLURM commands must then run inside it: `nsenter --net=/run/netns/sslctl CMD`. Idempotent: on a cluster that is
 # already up it only checks and returns in about a second; a daemon that is dead or does
 # not answer is restarted by the PID in its pid file, and a changed config restarts the
 # daemons that read it. Needs root, Debian 12, no systemd required.
 #
-#   bash slurm/test-cluster/up.sh        # UP_TIMEOUT=60 by default (seconds to come up)
+#   bash slurm/test-cluster/up.sh [--nodes 1|2]   # UP_TIMEOUT=60 by default (seconds to come up)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NODES=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --nodes) NODES="${2:-}"; shift 2 || true ;;
+        --nodes=*) NODES="${1#--nodes=}"; shift ;;
+        *) echo "error: up.sh: unknown argument '$1' (expected --nodes 1 or --nodes 2)" >&2; exit 2 ;;
+    esac
+done
+case "$NODES" in 1|2) ;; *) echo "error: up.sh: --nodes '$NODES': expected 1 or 2" >&2; exit 2 ;; esac
+# shellcheck source=net.sh
+. "$HERE/net.sh"
 UP_TIMEOUT="${UP_TIMEOUT:-60}"
 FAKE_CPUS="${SLURM_TEST_CPUS:-8}"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
@@ -81,6 +95,25 @@ stop_pidfile() {
     rm -f "$1"
 }
 
+# Switching between 1 and 2 nodes moves the daemons between namespaces: start from down.
+MODE_FILE=/run/sslrun-test-cluster.nodes
+if [ -s "$MODE_FILE" ] && [ "$(cat "$MODE_FILE")" != "$NODES" ]; then
+    log "cluster was up with $(cat "$MODE_FILE") node(s): taking it down first"
+    bash "$HERE/down.sh" >/dev/null
+elif [ ! -s "$MODE_FILE" ] && [ "$NODES" = 2 ] && [ -s /run/slurmctld.pid ]; then
+    log "a one-node cluster runs: taking it down first"
+    bash "$HERE/down.sh" >/dev/null
+fi
+IN=()  # how to run a daemon or client in the controller's network namespace
+if [ "$NODES" = 2 ]; then
+    t=$(now)
+    net_up || die "could not create the namespaces and the bridge"
+    hosts_add
+    IN=(nsenter --net="/run/netns/$CTL_NS")
+    log "namespaces $CTL_NS ${NODE_NS[*]} and bridge $BRIDGE ready in $(elapsed "$t") s"
+fi
+echo "$NODES" >"$MODE_FILE"
+
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /run/mysqld \
     /var/lib/munge /var/log/munge
 chown munge:munge /run/munge /var/lib/munge /var/log/munge
@@ -108,8 +141,16 @@ MEM="$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head 
 [ -n "$MEM" ] || die "slurmd -C reported no RealMemory"
 REALMEM=$(( MEM * 95 / 100 ))
 tmp="$(mktemp)"
-sed -e "s/@NODE@/$NODE/g" -e "s/@CPUS@/$FAKE_CPUS/g" -e "s/@REALMEM@/$REALMEM/g" \
-    "$HERE/slurm.conf.in" >"$tmp"
+CTLD=localhost; MULTI=""
+if [ "$NODES" = 2 ]; then
+    CTLD="$NODE($CTL_ADDR)"
+    for i in "${!NODE_NS[@]}"; do
+        MULTI+="NodeName=${NODE_NS[$i]} NodeAddr=${NODE_ADDR[$i]} CPUs=$FAKE_CPUS RealMemory=$REALMEM State=UNKNOWN\n"
+    done
+    MULTI+="PartitionName=multi Nodes=$(IFS=,; echo "${NODE_NS[*]}") MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF"
+fi
+sed -e "s/@NODE@/$NODE/g" -e "s/@CPUS@/$FAKE_CPUS/g" -e "s/@REALMEM@/$REALMEM/g" -e "s/@CTLD@/$CTLD/g" \
+    -e "s/@MULTI@/$MULTI/" "$HERE/slurm.conf.in" >"$tmp"
 install_if_changed "$tmp" /etc/slurm/slurm.conf 644 && { restart_slurm=1; log "wrote /etc/slurm/slurm.conf (node $NODE, CPUs=$FAKE_CPUS, RealMemory=$REALMEM)"; }
 
 # The database password is made once and kept in slurmdbd.conf (mode 600, root only).
@@ -148,58 +189,85 @@ SQL
 
 # ---------------------------------------------------------------- slurmdbd
 DBD_PID=/run/slurmdbd.pid
-dbd_ok() { timeout 5 sacctmgr -n -P show cluster format=cluster; }
+dbd_ok() { timeout 5 "${IN[@]}" sacctmgr -n -P show cluster format=cluster; }
 if [ "$restart_dbd" = 1 ] || ! alive "$DBD_PID" slurmdbd || ! dbd_ok >/dev/null 2>&1; then
     stop_pidfile "$DBD_PID" slurmdbd
-    slurmdbd
+    "${IN[@]}" slurmdbd
     LOGS_TO_SHOW=(/var/log/slurm/slurmdbd.log)
     wait_for 30 "slurmdbd up" dbd_ok || die "slurmdbd does not answer (sacctmgr show cluster)"
 fi
 if ! dbd_ok 2>/dev/null | grep -qx ci; then
-    sacctmgr -i add cluster ci >/dev/null || die "sacctmgr add cluster ci failed"
+    "${IN[@]}" sacctmgr -i add cluster ci >/dev/null || die "sacctmgr add cluster ci failed"
     log "registered cluster ci in accounting"
 fi
 
 # ---------------------------------------------------------------- slurmctld, slurmd
 CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
-ctld_ok() { timeout 5 scontrol ping | grep -q 'is UP'; }
+SLURMD_PID=/run/slurmd-$NODE.pid
+stop_pidfile /run/slurmd.pid slurmd  # the pid file of an older up.sh
+ctld_ok() { timeout 5 "${IN[@]}" scontrol ping | grep -q 'is UP'; }
 if [ "$restart_slurm" = 1 ] || ! alive "$CTLD_PID" slurmctld || ! ctld_ok >/dev/null 2>&1; then
     stop_pidfile "$CTLD_PID" slurmctld
-    slurmctld
+    "${IN[@]}" slurmctld
     LOGS_TO_SHOW=(/var/log/slurm/slurmctld.log)
     wait_for 20 "slurmctld up" ctld_ok || die "slurmctld does not answer (scontrol ping)"
 fi
 if [ "$restart_slurm" = 1 ] || ! alive "$SLURMD_PID" slurmd; then
     stop_pidfile "$SLURMD_PID" slurmd
-    slurmd
-    log "slurmd started"
+    "${IN[@]}" slurmd
+    log "slurmd started (node $NODE)"
+fi
+# start_node_slurmd NAME: a slurmd in the node's own network and UTS namespace (hostname NAME).
+# nsenter, not `ip netns exec`: that remounts /sys, and slurmd then finds no /sys/fs/cgroup.
+start_node_slurmd() {
+    mkdir -p "/var/spool/slurmd/$1"
+    nsenter --net="/run/netns/$1" unshare -u sh -c "hostname $1 && exec slurmd"
+}
+if [ "$NODES" = 2 ]; then
+    for n in "${NODE_NS[@]}"; do
+        if [ "$restart_slurm" = 1 ] || ! alive "/run/slurmd-$n.pid" slurmd; then
+            stop_pidfile "/run/slurmd-$n.pid" slurmd
+            start_node_slurmd "$n"
+            log "slurmd started (node $n, namespace $n)"
+        fi
+    done
 fi
 
 # ---------------------------------------------------------------- node state
-LOGS_TO_SHOW=(/var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log)
-node_state() { timeout 5 sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n1; }
-last_resume=0
-wait_start=$(date +%s); slurmd_restarted=0
-while :; do
-    st="$(node_state || true)"
-    case "$st" in
-        idle|mix|alloc) break ;;
-        # Drained or down while responding (a trailing * means not responding: wait for it).
-        drain|drng|down|fail|failg)
-            if [ $(( $(date +%s) - last_resume )) -ge 5 ]; then
-                log "node $NODE is $st ($(sinfo -h -n "$NODE" -o %E)): resuming it"
-                scontrol update nodename="$NODE" state=resume || true
-                last_resume=$(date +%s)
-            fi ;;
-        # Not responding for 10 s although slurmd "runs": it is stale; restart it once.
-        *'*')
-            if [ "$slurmd_restarted" = 0 ] && [ $(( $(date +%s) - wait_start )) -ge 10 ]; then
-                log "node $NODE is $st (not responding): restarting slurmd"
-                stop_pidfile "$SLURMD_PID" slurmd; slurmd; slurmd_restarted=1
-            fi ;;
-    esac
-    [ "$(left)" -gt 0 ] || die "node $NODE did not become idle within ${UP_TIMEOUT} s (state: '${st:-no answer}')"
-    sleep 0.2
+LOGS_TO_SHOW=(/var/log/slurm/slurmctld.log "/var/log/slurm/slurmd-$NODE.log")
+ALL_NODES=("$NODE")
+[ "$NODES" = 2 ] && ALL_NODES+=("${NODE_NS[@]}") && LOGS_TO_SHOW+=("/var/log/slurm/slurmd-${NODE_NS[0]}.log")
+node_state() { timeout 5 "${IN[@]}" sinfo -h -n "$1" -o %t 2>/dev/null | head -n1; }
+# restart_slurmd NAME: the node's slurmd, by its pid file, in its namespace.
+restart_slurmd() {
+    stop_pidfile "/run/slurmd-$1.pid" slurmd
+    if [ "$1" = "$NODE" ]; then "${IN[@]}" slurmd; else start_node_slurmd "$1"; fi
+}
+wait_start=$(date +%s)
+for n in "${ALL_NODES[@]}"; do
+    last_resume=0; slurmd_restarted=0
+    while :; do
+        st="$(node_state "$n" || true)"
+        case "$st" in
+            idle|mix|alloc) break ;;
+            # Drained or down while responding (a trailing * means not responding: wait for it).
+            drain|drng|down|fail|failg)
+                if [ $(( $(date +%s) - last_resume )) -ge 5 ]; then
+                    log "node $n is $st ($("${IN[@]}" sinfo -h -n "$n" -o %E)): resuming it"
+                    "${IN[@]}" scontrol update nodename="$n" state=resume || true
+                    last_resume=$(date +%s)
+                fi ;;
+            # Not responding for 10 s although slurmd "runs": it is stale; restart it once.
+            *'*')
+                if [ "$slurmd_restarted" = 0 ] && [ $(( $(date +%s) - wait_start )) -ge 10 ]; then
+                    log "node $n is $st (not responding): restarting its slurmd"
+                    restart_slurmd "$n"; slurmd_restarted=1
+                fi ;;
+        esac
+        [ "$(left)" -gt 0 ] || die "node $n did not become idle within ${UP_TIMEOUT} s (state: '${st:-no answer}')"
+        sleep 0.2
+    done
 done
-log "cluster up: node $NODE is $st; partitions: $(sinfo -h -o %P | tr '\n' ' ')(total $(elapsed "$T0") s)"
+log "cluster up: nodes ${ALL_NODES[*]} are up; partitions: $("${IN[@]}" sinfo -h -o %P | tr '\n' ' ')(total $(elapsed "$T0") s)"
+[ "$NODES" = 2 ] && log "SLURM commands and tests run inside the controller's namespace: nsenter --net=/run/netns/$CTL_NS CMD"
+exit 0
