@@ -178,7 +178,7 @@ KEYS: dict[str, Key] = {
     "steps": _COUNT,
     "batch_size": Key("int", 1, 1 << 20),
     "optimizer": Key("str", choices=("sgd", "adamw")),
-    "lr": Key("float", 0, 10, lo_open=True),
+    "lr": Key("float", 0, 1e300, lo_open=True),  # finite and > 0: a huge lr is how the NaN stop is tested
     "momentum": Key("float", 0, 1, hi_open=True),
     "nesterov": Key("bool"),
     "weight_decay": Key("float", 0, 1),

@@ -45,7 +45,7 @@ def check_strategy(cfg: Config, manifest: Manifest) -> None:
     strategy = create_strategy(cfg, manifest.num_classes)
     unlabeled = manifest.splits.get("unlabeled")
     if strategy.needs_unlabeled and (unlabeled is None or unlabeled.count == 0):
-        raise UserError(f"strategy={cfg.strategy} needs a non-empty 'unlabeled' split, and {cfg.data} has none")
+        raise UserError(f"strategy={cfg.strategy} needs an 'unlabeled' split with samples, and {cfg.data} has none")
 
 
 def check_machine(cfg: Config) -> None:

@@ -255,10 +255,7 @@ CASES = [
     # --- report and predict
     Case("report-missing-sweep", R, lambda e: [str(e.tmp / "nope")], "does not exist", sub=True),
     Case("report-bad-by", R, lambda e: [str(_run_copy(e).parent), "--by", "colour"], "--by colour: not a config key"),
-    Case("report-broken-config", R, lambda e: [str(_run_copy(e, lambda r: (r / "config.yaml").write_text("a: [")).parent)],
-         "not valid YAML"),
-    Case("report-broken-result", R, lambda e: [str(_run_copy(e, lambda r: (r / "result.json").write_text("{")).parent)],
-         "not a valid result file"),
+    # a damaged config.yaml or result.json makes that run `damaged` in the report (tests/test_run_folder.py)
     Case("predict-not-a-run", P, lambda e: [str(_watch(e))], "not a run folder (no config.yaml)", sub=True),
     Case("predict-bad-checkpoint-flag", P, lambda e: [str(_run_copy(e)), "--checkpoint", "worst"], "invalid choice: 'worst'"),
     Case("predict-bad-split", P, lambda e: [str(_run_copy(e)), "--split", "holdout"], "--split holdout"),

@@ -177,7 +177,7 @@ def test_full_disk_during_training_checkpoint_is_one_line_and_resumable(digits, 
                 return _FullDisk(real_open(path, *a, **k))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(checkpoint, "open", full_after_first, raising=False)
+    monkeypatch.setattr(atomic, "open", full_after_first, raising=False)
     monkeypatch.setattr(sys, "argv", ["train.py", *args])
     with pytest.raises(SystemExit) as stop:
         exit_on_user_error(door.main)

