@@ -282,8 +282,9 @@ def test_two_rank_job_killed_rank_fails_fast_and_resubmission_resumes(slurm_clus
     events = [f for f in files if f.startswith("tb/")]
     # Rank 0 opens one events file per start, and one more for the hparams at the end.
     assert len(events) == result["restarts"] + 2, events
-    assert set(files) - set(events) == {"config.yaml", "metrics.jsonl", "result.json", "ckpt/last.pt", "ckpt/prev.pt",
-                                        "ckpt/best.pt", "restarts.jsonl"}, files
+    # failure.json: the first job's error, written by the job itself for status and report (no pickle read)
+    assert set(files) - set(events) - {"failure.json"} == {"config.yaml", "metrics.jsonl", "result.json", "ckpt/last.pt",
+                                                          "ckpt/prev.pt", "ckpt/best.pt", "restarts.jsonl"}, files
 
 
 def test_dry_run_and_bad_input_submit_nothing(slurm_cluster, digits, tmp_path):
