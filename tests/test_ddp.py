@@ -156,7 +156,6 @@ model = create_model("test_resnet", 10)
 manifest = read_manifest(sys.argv[1])
 prep = lambda x: x.float().div(255)
 val = load_split(manifest, "val")
-one = val.subset([0]) if hasattr(val, "subset") else None
 idx, conf, pred = labeling_pass(model, load_split(manifest, "unlabeled"), prep, 32, 64, 0, info, torch.device("cpu"),
                                 indices=[5])
 res = evaluate(model, val, 10, prep, 32, 2, 0, info, torch.device("cpu"))
