@@ -1,33 +1,11 @@
-"""A sweep's report: per-setting table over seeds (Markdown on stdout, CSV), PNG plots, cost.
+"""A sweep's report: table over seeds, CSV, PNG plots: see sslrun/doors/report.py (also `sslrun-report`).
 
-    python jobs/report.py SWEEP [--by strategy,threshold,frozen,model] [--out DIR]
+A thin launcher for a checkout where env/setup.sh installed sslrun (editable): nothing else here.
 """
 
-from __future__ import annotations
+from sslrun.doors.report import entry, main
 
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sslrun.cli import OneLineParser  # noqa: E402
-from sslrun.errors import exit_on_user_error  # noqa: E402
-
-
-def main() -> int:
-    from sslrun.report import DEFAULT_BY, make_report
-
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", type=Path, help="sweep folder (ROOT/SWEEP, holding one folder per run)")
-    parser.add_argument("--by", default=",".join(DEFAULT_BY), help="config keys that define a setting (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="folder for the CSV and PNG files (default: SWEEP/report)")
-    args = parser.parse_args()
-    by = tuple(k.strip() for k in args.by.split(",") if k.strip())
-    text, _ = make_report(args.sweep, by, args.out)
-    print(text)
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    entry()

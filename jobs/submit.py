@@ -1,14 +1,9 @@
-"""Send a sweep of runs as one job array: see sslrun/doors/submit.py (also `sslrun-submit`)."""
+"""Send a sweep of runs as one job array: see sslrun/doors/submit.py (also `sslrun-submit`).
 
-from __future__ import annotations
+A thin launcher for a checkout where env/setup.sh installed sslrun (editable): nothing else here.
+"""
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # `python jobs/submit.py` from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sslrun.doors.submit import entry, main  # noqa: E402
+from sslrun.doors.submit import entry, main
 
 __all__ = ["main"]
 

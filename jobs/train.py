@@ -1,14 +1,9 @@
-"""One run in the foreground: see sslrun/doors/train.py (also `sslrun-train`)."""
+"""One run in the foreground (also what srun/torchrun start): see sslrun/doors/train.py (also `sslrun-train`).
 
-from __future__ import annotations
+A thin launcher for a checkout where env/setup.sh installed sslrun (editable): nothing else here.
+"""
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # `python jobs/train.py` from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sslrun.doors.train import entry, main  # noqa: E402
+from sslrun.doors.train import entry, main
 
 __all__ = ["main"]
 

@@ -1,38 +1,11 @@
-"""Check a shard set: `python shards/verify.py DIR`; exit 0 when all is fine, 1 with a list of
-problems otherwise, 2 when DIR is not a shard set at all."""
+"""Check a shard set: see sslrun/doors/verify.py (also `sslrun-verify`).
 
-from __future__ import annotations
+A thin launcher for a checkout where env/setup.sh installed sslrun (editable): nothing else here.
+"""
 
-import sys
-import time
-from pathlib import Path
+from sslrun.doors.verify import entry, main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run without installing
-
-from sslrun.data.manifest import read_manifest  # noqa: E402
-from sslrun.data.verify import verify_shards  # noqa: E402
-from sslrun.cli import OneLineParser  # noqa: E402
-from sslrun.errors import exit_on_user_error  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(description="Check checksums, counts, labels and that every image decodes.")
-    p.add_argument("folder", type=Path, help="a shard set made by shards/build.py")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding images (checksums and counts only)")
-    a = p.parse_args(argv)
-    t0 = time.monotonic()
-    problems = verify_shards(a.folder, decode=not a.no_decode)
-    m = read_manifest(a.folder)
-    total = sum(s.count for s in m.splits.values())
-    for line in problems:
-        print(line)
-    dt = time.monotonic() - t0
-    if problems:
-        print(f"{a.folder}: {len(problems)} problem(s) in {total} samples ({dt:.1f} s)")
-        return 1
-    print(f"{a.folder}: ok, {total} samples in {sum(len(s.shards) for s in m.splits.values())} shards ({dt:.1f} s)")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    entry()

@@ -28,7 +28,7 @@ def user_defaults() -> dict:
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from sslrun.launch import ClusterOptions
 
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +60,7 @@ def main() -> int:
                                 help="any other sbatch option, e.g. --sbatch mail-type=END")
         else:
             parser.add_argument(flag, type=type(f.default), default=default, metavar=name.upper())
-    args = parser.parse_intermixed_args()  # key=value overrides anywhere, before or after options
+    args = parser.parse_intermixed_args(argv)  # key=value overrides anywhere, before or after options
     if args.write_runs:
         out = Path(args.write_runs)
         check_text("--write-runs", str(out))
@@ -87,6 +87,8 @@ def main() -> int:
     print(f"  {'state':8} {'run (its overrides, unless name= is given)':44} folder")
     for c in configs:
         print(f"  {states[c.name]:8} {c.name:44} {c.run_dir()}")
+    for line in launch.schedule_warnings([c for c in configs if states[c.name] != "done"], launch.ranks(params)):
+        print(line, file=sys.stderr)
     if args.write_runs:
         todo = [c for c in configs if states[c.name] != "done"]
         from sslrun.atomic import write_atomic

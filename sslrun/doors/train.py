@@ -10,11 +10,11 @@ from sslrun.cli import OneLineParser
 from sslrun.errors import exit_on_user_error
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (see README)")
     parser.add_argument("--config", help="a config.yaml to start from (e.g. a run folder's)")
-    args = parser.parse_intermixed_args()  # key=value overrides anywhere, before or after --config
+    args = parser.parse_intermixed_args(argv)  # key=value overrides anywhere, before or after --config
 
     from sslrun.config import load_config, make_config, parse_overrides
     from sslrun.engine import Interrupted, run

@@ -1,0 +1,43 @@
+"""Every run of a sweep: SLURM state, step, epoch, val accuracy, restarts, log.
+
+    sslrun-status SWEEP (or python jobs/status.py)   # a sweep folder, or a sweep name under $SSLRUN_ROOT or ./runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from sslrun.cli import OneLineParser
+from sslrun.errors import exit_on_user_error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="sweep folder, or sweep name under $SSLRUN_ROOT (default ./runs)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
+    args = parser.parse_args(argv)
+
+    from sslrun.status import status_table, sweep_status
+
+    sweep = Path(args.sweep)
+    if not sweep.is_dir() and not sweep.is_absolute():
+        sweep = Path(os.environ.get("SSLRUN_ROOT", "") or "runs") / args.sweep
+    rows = sweep_status(sweep)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(status_table(rows))
+    return 0
+
+
+def entry() -> None:
+    """The `sslrun-status` console script."""
+    exit_on_user_error(main)
+
+
+if __name__ == "__main__":
+    entry()
