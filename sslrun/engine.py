@@ -30,7 +30,7 @@ from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSample
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import SplitSamples, check_shards, load_split
 from sslrun.data.transforms import check_preset, make_transform
-from sslrun.epochs import steps_per_epoch
+from sslrun.epochs import run_epoch_steps, threshold_warning
 from sslrun.errors import UserError
 from sslrun.evaluate import EvalResult, evaluate, labeling_pass
 from sslrun.models import create_model, data_config
@@ -119,6 +119,9 @@ class Trainer:
         self.test = load_split(self.manifest, "test") if "test" in self.manifest.splits else None
         self.strategy: Strategy = create_strategy(cfg, self.manifest.num_classes)
         self.strategy.setup(len(self.unlabeled) if self.unlabeled is not None else 0, self.epoch_steps)
+        warning = threshold_warning(cfg, self.epoch_steps)
+        if warning and self.info.is_main:
+            log.warning("%s", warning.removeprefix("warning: "))
         if cfg.workers < 0:
             self.workers, why = default_workers()
             log.info("rank %d: %d loader workers (%s; set workers= to choose)", self.info.rank, self.workers, why)
@@ -176,9 +179,7 @@ class Trainer:
 
     @property
     def epoch_steps(self) -> int:
-        cfg = self.cfg
-        return steps_per_epoch(cfg.epoch_steps, cfg.batch_size, cfg.mu, self.info.world, len(self.train),
-                               len(self.unlabeled) if self.unlabeled is not None else 0)
+        return run_epoch_steps(self.cfg, self.manifest, self.info.world)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 NCHW on the host -> normalised float on the device, in one pass."""

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import re
@@ -26,6 +27,8 @@ import submitit
 
 from sslrun import run_folder
 from sslrun.config import ALIASES, Config, check_text, make_config, parse_overrides, run_name
+from sslrun.data.manifest import Manifest, read_manifest
+from sslrun.epochs import run_epoch_steps, threshold_warning
 from sslrun.errors import UserError
 from sslrun.run_check import check_run
 
@@ -81,6 +84,20 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
     for cfg in configs:
         check_run(cfg)
     return configs
+
+
+def schedule_warnings(configs: list[Config], world: int) -> list[str]:
+    """One line for each planned run whose threshold passes 1 before it ends, on `world` ranks
+    (the unlabeled batch of an epoch is global, so the rank count moves the epoch's steps)."""
+    manifests: dict[str, Manifest] = {}
+    lines = []
+    for cfg in configs:
+        if cfg.data not in manifests:
+            manifests[cfg.data] = read_manifest(cfg.data)
+        line = threshold_warning(cfg, run_epoch_steps(cfg, manifests[cfg.data], world))
+        if line:
+            lines.append(line)
+    return lines
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -191,6 +208,41 @@ def parse_minutes(text: str) -> int:
     return -(-seconds // 60)
 
 
+# CPUs a task when sinfo cannot tell the nodes' (no sinfo, a controller that does not answer):
+# enough loader workers to feed one GPU rank at these image sizes, and a request most nodes meet.
+FALLBACK_CPUS_PER_TASK = 8
+
+
+def parse_sinfo_cpus(text: str) -> int | None:
+    """The smallest node's CPUs in `sinfo -h -o %c` output (one line per node group, e.g. `64` or
+    `32+`), so the request fits every node of the partition; None when no line holds a count."""
+    counts = [int(m.group(1)) for line in text.splitlines() if (m := re.match(r"\s*(\d+)", line))]
+    return min(counts) if counts else None
+
+
+def node_cpus(partition: str, timeout_s: float = 10.0) -> int | None:
+    """CPUs of the smallest node of `partition` (of every partition when empty), or None."""
+    exe = shutil.which("sinfo")
+    if exe is None:
+        return None
+    cmd = [exe, "-h", "-o", "%c", *(["-p", partition] if partition else [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_sinfo_cpus(proc.stdout) if proc.returncode == 0 else None
+
+
+def default_cpus_per_task(opts: ClusterOptions, cpus_on_node: int | None) -> tuple[int, str]:
+    """(cpus_per_task, why) for a job that does not say (issue 13, fault 8): without it SLURM gives
+    a task one CPU and the loader has no worker. The node's CPUs shared by its tasks (one a GPU)."""
+    tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
+    where = f"partition {opts.partition}" if opts.partition else "the cluster"
+    if cpus_on_node:
+        return max(1, cpus_on_node // tasks), f"{cpus_on_node} CPUs on the smallest node of {where} (sinfo) / {tasks} tasks a node"
+    return FALLBACK_CPUS_PER_TASK, f"sinfo cannot tell the CPUs of {where}'s nodes"
+
+
 def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
     opts.check()
     tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
@@ -222,6 +274,11 @@ def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
+
+
+def ranks(params: dict[str, Any]) -> int:
+    """The ranks of one run: nodes x tasks per node of its executor parameters."""
+    return int(params["nodes"]) * int(params["tasks_per_node"])
 
 
 def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:

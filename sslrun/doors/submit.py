@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = ClusterOptions(**{k: getattr(args, k) for k in opt_fields})
     opts.check()
     cluster = opts.resolved_cluster()
+    cpus_note = ""
+    if not opts.cpus_per_task and (cluster == "slurm" or args.dry_run):  # local jobs use this machine's CPUs
+        opts.cpus_per_task, why = launch.default_cpus_per_task(opts, launch.node_cpus(opts.partition))
+        cpus_note = f"cpus_per_task={opts.cpus_per_task}: not given, so {why} (--cpus-per-task N to choose)"
     params = launch.executor_parameters(opts)
     configs = launch.plan_runs(args.array, args.overrides, sweep_rows)
     sweep_dir = Path(configs[0].root) / configs[0].sweep
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'state':8} {'run (its overrides, unless name= is given)':44} folder")
     for c in configs:
         print(f"  {states[c.name]:8} {c.name:44} {c.run_dir()}")
+    if cpus_note:
+        print(cpus_note)
     for line in launch.schedule_warnings([c for c in configs if states[c.name] != "done"], launch.ranks(params)):
         print(line, file=sys.stderr)
     if args.write_runs:
