@@ -70,22 +70,63 @@ def check_model(name: str, pretrained: str, image_size: int) -> None:
 
 def create_model(name: str, num_classes: int, pretrained: str = "", frozen: bool = False,
                  image_size: int | None = None) -> nn.Module:
-    """A timm model with a fresh `num_classes` head; `frozen` trains the head alone."""
+    """A timm model with a `num_classes` head; `frozen` trains the head alone.
+
+    Weights come through timm's own loader: a tag from its registry or cache, a file through
+    `pretrained_cfg_overlay=dict(file=...)`. timm then adapts them as for its own weights: the
+    classifier is dropped (left at init) when `num_classes` differs from the weights' config
+    (1000 for ImageNet), a `model` / `state_dict` entry and a `module.` prefix are unwrapped, and
+    .safetensors files are read.
+    """
     check_model_name(name)
-    use_tag = pretrained not in ("", "none") and not Path(pretrained).is_file()
-    model_name = name
-    if use_tag and pretrained != "timm":
-        model_name = f"{name.split('.', 1)[0]}.{pretrained}"
+    kwargs: dict = dict(model_kwargs(name, image_size))
+    model_name, file = name, None
+    if pretrained not in ("", "none") and Path(pretrained).is_file():
+        file = Path(pretrained)
+        keys = weights_file_keys(file)  # an unreadable file: one line, before timm's traceback
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(file.resolve())})
+    elif pretrained not in ("", "none"):
+        kwargs["pretrained"] = True
+        if pretrained != "timm":
+            model_name = f"{name.split('.', 1)[0]}.{pretrained}"
     try:
-        model = timm.create_model(model_name, pretrained=use_tag, num_classes=num_classes,
-                                  **model_kwargs(name, image_size))
-    except (RuntimeError, OSError, ValueError) as err:
-        raise UserError(f"model={name} pretrained={pretrained}: cannot load weights ({str(err).splitlines()[0][:160]})") from None
-    if pretrained and Path(pretrained).is_file():
-        load_backbone_weights(model, Path(pretrained))
+        model = timm.create_model(model_name, num_classes=num_classes, **kwargs)
+    except (RuntimeError, OSError, ValueError, KeyError) as err:  # a download, a file, a shape timm refuses
+        why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UserError(f"model={name} pretrained={pretrained}: cannot load weights ({why})") from None
+    if file is not None:
+        own = model.state_dict()
+        loaded = [k for k in own if k in keys]
+        if not loaded:
+            raise UserError(f"pretrained={file}: no tensor matches model {name} (weights of another architecture?)")
+        log.info("loaded %d of %d tensors of %s from %s", len(loaded), len(own), name, file)
     if frozen:
         freeze_backbone(model)
     return model
+
+
+def weights_file_keys(path: Path) -> set[str]:
+    """The tensor names of a weights file, read cheaply (memory-mapped, or safetensors' header),
+    unwrapped as timm unwraps them, to see that the file fits the model at all."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return set(f.keys())
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"pretrained={path}: cannot read weights ({type(err).__name__}: {str(err)[:120]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained={path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
+    return set(timm.models.clean_state_dict(state))
 
 
 def freeze_backbone(model: nn.Module) -> None:
@@ -101,23 +142,6 @@ def freeze_backbone(model: nn.Module) -> None:
     freeze(model, include_bn_running_stats=True)
     for p in model.get_classifier().parameters():
         p.requires_grad_(True)
-
-
-def load_backbone_weights(model: nn.Module, path: Path) -> None:
-    """Load a state_dict file, skipping the classifier when its class count differs."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"pretrained={path}: cannot read weights ({type(err).__name__}: {str(err)[:120]})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    own = model.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not keep:
-        raise UserError(f"pretrained={path}: no tensor matches model {type(model).__name__}")
-    missing = sorted(set(own) - set(keep))
-    model.load_state_dict(keep, strict=False)
-    log.info("loaded %d tensors from %s; %d left at init (%s)", len(keep), path, len(missing), ", ".join(missing[:4]))
 
 
 def data_config(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
