@@ -23,7 +23,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
-from sslrun import checkpoint, distributed, run_folder
+from sslrun import checkpoint, distributed, run_folder, run_record
 from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
@@ -36,6 +36,7 @@ from sslrun.evaluate import EvalResult, evaluate, labeling_pass
 from sslrun.models import create_model, data_config
 from sslrun.run_check import check_run
 from sslrun.strategies import create_strategy
+from sslrun.step_flags import StepFlags
 from sslrun.step_logs import pool_logs
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy
 from sslrun.tb import RunLog
@@ -303,11 +304,8 @@ class Trainer:
                     loss, logs = self.strategy.compute_loss(self.net, batch, info)
                 over = cfg.budget_s > 0 and (self.elapsed_s + time.time() - self._t_start >= cfg.budget_s
                                              or (self.budget is not None and self.step + 1 >= self.budget.steps))
-                # built on the device and read once, after the all_reduce: the step's only host sync
-                bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-                host = torch.tensor([float(stop.signum), float(over)], device=bad.device)
-                flags = distributed.all_max(torch.cat([host[:1], bad, host[1:]])).tolist()
-                if flags[1] > 0:
+                flags = StepFlags.agree(stop.signum, loss, over)
+                if flags.bad_loss:
                     self._close_log()
                     raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step} of {self.run_dir}; the last good "
                                         f"checkpoint is kept: resume with a lower lr= (now {cfg.lr})")
@@ -332,12 +330,12 @@ class Trainer:
                     last_saved = self.step
                 # A stop is acted on once the step is whole: its forward pass has already moved the
                 # BatchNorm running statistics, so saving before the step would count them twice.
-                if flags[0] > 0 and self.step < cfg.steps:
+                if flags.signum and self.step < cfg.steps:
                     if last_saved != self.step:
                         self.save()
                     self._close_log()
-                    self._stop(int(flags[0]), stop)
-                if flags[2] > 0 and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
+                    self._stop(flags.signum, stop)
+                if flags.over_budget and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
                     log.info("budget_s=%g spent at step %d of %d: stopping", cfg.budget_s, self.step, cfg.steps)
                     if self.step % cfg.eval_every:
                         self._evaluate()
@@ -417,9 +415,8 @@ class Trainer:
         if res.acc > self.best["val_acc"]:
             self.best = {"val_acc": res.acc, "step": self.step}
             if self.info.is_main:
-                state = {"step": self.step, "model": self.model.state_dict(), "num_classes": self.manifest.num_classes,
-                         "model_name": self.cfg.model, "classes": self.manifest.classes,
-                         "ema": self.ema.module.state_dict() if self.ema is not None else None, "val_acc": res.acc}
+                state = run_record.best_state(self.model, self.ema.module if self.ema is not None else None, self.step,
+                                              res.acc, self.cfg.model, self.manifest.classes)
                 run_folder.write_best(self.run_dir, checkpoint.to_bytes(state))
         if self.runlog is not None and log_it:
             self.runlog.scalars(self.step, {"acc": res.acc, "loss": res.loss, "count": res.count,
@@ -444,19 +441,10 @@ class Trainer:
             res = evaluate(self._eval_model(), self.test, self.manifest.num_classes, self.prepare, cfg.image_size,
                            cfg.batch_size * 4, self.workers, self.info, self.device)
             test_acc = res.acc
-        result = {
-            "strategy": cfg.strategy, "model": cfg.model, "seed": cfg.seed, "steps": self.step,
-            "val_acc": val.acc if val else None, "val_loss": val.loss if val else None,
-            "best_val_acc": self.best["val_acc"], "best_step": self.best["step"], "test_acc": test_acc,
-            "weights_sha256": checkpoint.weights_sha256(self.model.state_dict()),
-            "restarts": self.restarts, "world_size": self.info.world, "device": str(self.device),
-            "elapsed_s": round(self.elapsed_s + time.time() - self._t_start, 2),
-            "classes": self.manifest.classes, "val_confusion": val.confusion.tolist() if val else None,
-        }
-        if self.step < cfg.steps:
-            result["stopped_by"] = "budget_s"
-        if self.budget is not None:
-            result["budget_steps"] = self.budget.steps
+        result = run_record.result(
+            cfg, step=self.step, val=val, best=self.best, test_acc=test_acc, model=self.model, restarts=self.restarts,
+            world=self.info.world, device=str(self.device), elapsed_s=self.elapsed_s + time.time() - self._t_start,
+            classes=self.manifest.classes, budget_steps=self.budget.steps if self.budget is not None else None)
         if self.runlog is not None:
             metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),
                                          ("test_acc", test_acc)) if v is not None}
