@@ -8,9 +8,10 @@ so a bad flag raises UserError and exit_on_user_error prints it.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import NoReturn
 
-from sslrun.errors import UserError
+from sslrun.errors import UserError, exit_on_user_error
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -18,3 +19,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UserError(f"{message} (see --help)")
+
+
+def console_script(main: Callable[[], int | None]) -> Callable[[], NoReturn]:
+    """A door's console script (pyproject.toml) and its jobs/ or shards/ launcher: `main()` inside
+    the one error boundary (errors.exit_on_user_error: one line, exit 2 or 3)."""
+
+    def entry() -> NoReturn:
+        exit_on_user_error(main)
+
+    entry.__doc__ = f"{main.__module__}.main() inside the error boundary"
+    return entry

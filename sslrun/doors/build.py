@@ -16,8 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from sslrun.cli import OneLineParser
-from sslrun.errors import exit_on_user_error
+from sslrun.cli import OneLineParser, console_script
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,10 +69,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-build` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-build`

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sslrun.cli import OneLineParser
-from sslrun.errors import exit_on_user_error
+from sslrun.cli import OneLineParser, console_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +25,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-report` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-report`

@@ -10,8 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from sslrun.cli import OneLineParser
-from sslrun.errors import exit_on_user_error
+from sslrun.cli import OneLineParser, console_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +33,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-status` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-status`

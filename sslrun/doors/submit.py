@@ -12,9 +12,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from sslrun.cli import OneLineParser
+from sslrun.cli import OneLineParser, console_script
 from sslrun.config import check_text
-from sslrun.errors import UserError, exit_on_user_error, write_error
+from sslrun.errors import UserError, write_error
 
 
 def user_defaults() -> dict:
@@ -143,10 +143,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-submit` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-submit`

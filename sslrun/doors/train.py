@@ -6,8 +6,7 @@ import json
 import signal
 import sys
 
-from sslrun.cli import OneLineParser
-from sslrun.errors import exit_on_user_error
+from sslrun.cli import OneLineParser, console_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +32,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-train` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-train`

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sslrun.cli import OneLineParser
-from sslrun.errors import exit_on_user_error
+from sslrun.cli import OneLineParser, console_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +31,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The `sslrun-verify` console script."""
-    exit_on_user_error(main)
-
-
-if __name__ == "__main__":
-    entry()
+entry = console_script(main)  # `sslrun-verify`
