@@ -100,6 +100,28 @@ def schedule_warnings(configs: list[Config], world: int) -> list[str]:
     return lines
 
 
+def check_devices(configs: list[Config], opts: ClusterOptions, cluster: str) -> None:
+    """Refuse, before queueing, runs that need CUDA (`device=cuda`, `sync_bn=true`: SyncBatchNorm
+    has no CPU kernel) where the job will have no GPU: a SLURM job asking for none (unless GPUs
+    are asked through --sbatch, which this cannot read), or a local run on a machine without one."""
+    if cluster == "slurm":
+        asked_otherwise = any(item.partition("=")[0].lstrip("-").startswith(("gres", "gpus", "gpu")) for item in opts.sbatch)
+        if opts.gpus_per_node or asked_otherwise:
+            return
+        where = "the job asks for no GPU (--gpus-per-node 0)"
+    else:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        where = "this machine has no GPU for the local executor"
+    for cfg in configs:
+        if cfg.device == "cuda":
+            raise UserError(f"run {cfg.name}: device=cuda, but {where}")
+        if cfg.sync_bn and cfg.device == "auto":
+            raise UserError(f"run {cfg.name}: sync_bn=true needs a GPU (SyncBatchNorm has no CPU kernel), but {where}")
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """What each task of a SLURM array element runs; requeued with its arguments on USR2."""
 

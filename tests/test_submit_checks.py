@@ -129,3 +129,27 @@ def test_a_bad_model_or_tag_of_a_later_run_is_refused_at_planning(digits, tmp_pa
     with pytest.raises(UserError, match="pretrained=a1_in1k: not a timm tag of model=vit_small_patch16_224"):
         plan_runs(["model=resnet18,vit_small_patch16_224"], [*common, "pretrained=a1_in1k", "image_size=96"])
     assert not (tmp_path / digits.name).exists()
+
+
+def test_runs_needing_cuda_are_refused_where_the_job_has_no_gpu():
+    from sslrun.launch import check_devices
+
+    sync = [make_config({"sync_bn": "true", "name": "s"})]
+    with pytest.raises(UserError, match="run s: sync_bn=true needs a GPU .*gpus-per-node 0"):
+        check_devices(sync, ClusterOptions(), "slurm")
+    with pytest.raises(UserError, match="run c: device=cuda, but the job asks for no GPU"):
+        check_devices([make_config({"device": "cuda", "name": "c"})], ClusterOptions(), "slurm")
+    check_devices(sync, ClusterOptions(gpus_per_node=1), "slurm")
+    check_devices(sync, ClusterOptions(sbatch=["gres=gpu:2"]), "slurm")  # asked another way: not second-guessed
+    check_devices([make_config({"name": "plain"})], ClusterOptions(), "slurm")
+
+
+def test_sync_bn_on_a_local_machine_without_gpu_is_one_line_at_submit(digits, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the local executor can run sync_bn")
+    proc = run_door("jobs/submit.py", "--dry-run", "--cluster", "local", f"data={digits}", f"root={tmp_path}",
+                    "sync_bn=true")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "sync_bn=true needs a GPU" in lines[0], proc.stderr

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_note = f"cpus_per_task={opts.cpus_per_task}: not given, so {why} (--cpus-per-task N to choose)"
     params = launch.executor_parameters(opts)
     configs = launch.plan_runs(args.array, args.overrides, sweep_rows)
+    launch.check_devices(configs, opts, cluster)
     sweep_dir = Path(configs[0].root) / configs[0].sweep
     states = {c.name: launch.run_state(c) for c in configs}
     print(f"{len(configs)} runs in {sweep_dir} ({cluster} executor):")
