@@ -105,8 +105,7 @@ def check_devices(configs: list[Config], opts: ClusterOptions, cluster: str) -> 
     has no CPU kernel) where the job will have no GPU: a SLURM job asking for none (unless GPUs
     are asked through --sbatch, which this cannot read), or a local run on a machine without one."""
     if cluster == "slurm":
-        asked_otherwise = any(item.partition("=")[0].lstrip("-").startswith(("gres", "gpus", "gpu")) for item in opts.sbatch)
-        if opts.gpus_per_node or asked_otherwise:
+        if opts.gpus_per_node or opts.sbatch_asks("gres", "gpu"):
             return
         where = "the job asks for no GPU (--gpus-per-node 0)"
     else:
@@ -200,6 +199,16 @@ class ClusterOptions:
             if not sep or not re.fullmatch(r"-{0,2}[A-Za-z][A-Za-z0-9_-]*", key):
                 raise UserError(f"--sbatch {item!r}: expected option=value, e.g. --sbatch mail-type=END")
 
+    def tasks(self) -> int:
+        """Tasks (ranks) a node: --tasks-per-node, else one a GPU, else one."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    def sbatch_asks(self, *prefixes: str) -> bool:
+        """Whether an --sbatch option starts with one of these prefixes (`gres`, `cpus-`) or is one
+        of them where it is a single letter (`c`, sbatch's short --cpus-per-task)."""
+        keys = [item.partition("=")[0].lstrip("-").replace("_", "-") for item in self.sbatch]
+        return any(k == p if len(p) == 1 else k.startswith(p) for k in keys for p in prefixes)
+
     def resolved_cluster(self) -> str:
         if self.cluster == "auto":
             return "slurm" if shutil.which("sbatch") else "local"
@@ -258,7 +267,7 @@ def node_cpus(partition: str, timeout_s: float = 10.0) -> int | None:
 def default_cpus_per_task(opts: ClusterOptions, cpus_on_node: int | None) -> tuple[int, str]:
     """(cpus_per_task, why) for a job that does not say (issue 13, fault 8): without it SLURM gives
     a task one CPU and the loader has no worker. The node's CPUs shared by its tasks (one a GPU)."""
-    tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
+    tasks = opts.tasks()
     where = f"partition {opts.partition}" if opts.partition else "the cluster"
     if cpus_on_node:
         return max(1, cpus_on_node // tasks), f"{cpus_on_node} CPUs on the smallest node of {where} (sinfo) / {tasks} tasks a node"
@@ -267,7 +276,7 @@ def default_cpus_per_task(opts: ClusterOptions, cpus_on_node: int | None) -> tup
 
 def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
     opts.check()
-    tasks = opts.tasks_per_node or max(1, opts.gpus_per_node)
+    tasks = opts.tasks()
     params: dict[str, Any] = {
         "name": opts.name,
         "timeout_min": parse_minutes(opts.time),
@@ -296,11 +305,6 @@ def executor_parameters(opts: ClusterOptions) -> dict[str, Any]:
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
-
-
-def ranks(params: dict[str, Any]) -> int:
-    """The ranks of one run: nodes x tasks per node of its executor parameters."""
-    return int(params["nodes"]) * int(params["tasks_per_node"])
 
 
 def make_executor(folder: Path, opts: ClusterOptions) -> submitit.Executor:

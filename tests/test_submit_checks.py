@@ -153,3 +153,12 @@ def test_sync_bn_on_a_local_machine_without_gpu_is_one_line_at_submit(digits, tm
                     "sync_bn=true")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "sync_bn=true needs a GPU" in lines[0], proc.stderr
+
+
+def test_cpus_or_gpus_asked_through_sbatch_options_are_left_alone(digits, tmp_path):
+    assert ClusterOptions(sbatch=["c=4"]).sbatch_asks("cpus", "mincpus", "c")
+    assert ClusterOptions(sbatch=["cpus_per_gpu=4"]).sbatch_asks("cpus", "mincpus", "c")
+    assert not ClusterOptions(sbatch=["constraint=h100", "comment=x"]).sbatch_asks("cpus", "mincpus", "c")
+    assert ClusterOptions(sbatch=["--gres=gpu:2"]).sbatch_asks("gres", "gpu")
+    proc = _dry_run(digits, tmp_path, "--sbatch", "cpus-per-gpu=6", "--gpus-per-node", "2", "steps=10")
+    assert "cpus-per-task" not in proc.stdout and "#SBATCH --cpus-per-gpu=6" in proc.stdout

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     opts.check()
     cluster = opts.resolved_cluster()
     cpus_note = ""
-    if not opts.cpus_per_task and (cluster == "slurm" or args.dry_run):  # local jobs use this machine's CPUs
+    # Local jobs use this machine's CPUs; an --sbatch cpus-... or mincpus option is the user's choice.
+    if not opts.cpus_per_task and not opts.sbatch_asks("cpus", "mincpus", "c") and (cluster == "slurm" or args.dry_run):
         opts.cpus_per_task, why = launch.default_cpus_per_task(opts, launch.node_cpus(opts.partition))
         cpus_note = f"cpus_per_task={opts.cpus_per_task}: not given, so {why} (--cpus-per-task N to choose)"
     params = launch.executor_parameters(opts)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {states[c.name]:8} {c.name:44} {c.run_dir()}")
     if cpus_note:
         print(cpus_note)
-    for line in launch.schedule_warnings([c for c in configs if states[c.name] != "done"], launch.ranks(params)):
+    for line in launch.schedule_warnings([c for c in configs if states[c.name] != "done"], opts.nodes * opts.tasks()):
         print(line, file=sys.stderr)
     if args.write_runs:
         todo = [c for c in configs if states[c.name] != "done"]
