@@ -51,7 +51,9 @@ def check_model(name: str, pretrained: str, image_size: int) -> None:
     """
     check_model_name(name)
     base = name.split(".", 1)[0]
-    if pretrained not in ("", "none", "timm") and not Path(pretrained).is_file():
+    if pretrained not in ("", "none", "timm") and Path(pretrained).is_file():
+        weights_file_keys(Path(pretrained))  # readable, and a state_dict: found before the queue, not after
+    elif pretrained not in ("", "none", "timm"):
         if "/" in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
             raise UserError(f"pretrained={pretrained}: no such weights file")
         tags = [m.split(".", 1)[1] for m in timm.list_pretrained(f"{base}.*") if "." in m]

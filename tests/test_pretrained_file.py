@@ -69,3 +69,13 @@ def test_weights_of_another_model_or_no_weights_is_one_line(tmp_path):
     torch.save({**state, "conv1.weight": torch.zeros(32, 3, 7, 7)}, wrong)  # another width: timm refuses the shape
     with pytest.raises(UserError, match="cannot load weights"):
         create_model("resnet18", 3, str(wrong))
+
+
+def test_an_unreadable_weights_file_is_refused_at_planning(digits, tmp_path):
+    from sslrun.launch import plan_runs
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read weights"):
+        plan_runs(["seeds=1,2"], [f"data={digits}", f"root={tmp_path}", "model=resnet18", f"pretrained={junk}"])
+    assert not (tmp_path / digits.name).exists()
