@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 
@@ -63,10 +63,16 @@ class CifarCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+default_cfgs = generate_default_cfgs({
+    # No hosted weights: `pretrained=FILE` (timm's pretrained_cfg_overlay=dict(file=...)) only.
+    "cifar_cnn": {"num_classes": 10, "input_size": (3, 32, 32), "mean": IMAGENET_DEFAULT_MEAN,
+                  "std": IMAGENET_DEFAULT_STD, "interpolation": "bilinear", "crop_pct": 1.0,
+                  "first_conv": "features.0", "classifier": "head"},
+})
+
+
 @register_model
 def cifar_cnn(pretrained: bool = False, **kwargs: Any) -> CifarCNN:
-    if pretrained:
-        raise RuntimeError("cifar_cnn has no pretrained weights")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return CifarCNN(**kwargs)
+    """Built by timm's own builder, so a weights file loads as for any timm model (head dropped
+    when the class count differs)."""
+    return build_model_with_cfg(CifarCNN, "cifar_cnn", pretrained, **kwargs)
