@@ -39,10 +39,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sslrun.atomic import TMP_SUFFIX, write_atomic
 from sslrun.data.images import BadImage, check_image, shrink
-from sslrun.data.manifest import FORMAT, ShardEntry, wids_file, wids_index
+from sslrun.data.manifest import FORMAT, ShardEntry, file_sha256, wids_file, wids_index
 from sslrun.data.sample_index import entry_for, index_file, pack
-from sslrun.data.shard_writer import BLOCK, END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
+from sslrun.data.shard_writer import BLOCK, END_OF_ARCHIVE, TarShard, member_size
 from sslrun.errors import UserError, write_error
 
 log = logging.getLogger(__name__)
@@ -628,14 +629,6 @@ def _remove_tmp(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
     """Make `out` ready; return the finished manifest if this very build is already there."""
     manifest_path = out / "manifest.json"
@@ -692,7 +685,7 @@ def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, di
     good = {}
     for file, rec in done.items():
         p = out / file
-        if p.is_file() and p.stat().st_size == rec["entry"]["bytes"] and _file_sha256(p) == rec["entry"]["sha256"]:
+        if p.is_file() and p.stat().st_size == rec["entry"]["bytes"] and file_sha256(p) == rec["entry"]["sha256"]:
             good[file] = rec
         else:
             log.warning("shard %s differs from the journal: writing it again", file)

@@ -43,6 +43,7 @@ manifest.json:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +105,14 @@ class Manifest:
             raise UserError(f"{self.root / 'manifest.json'}: no '{name}' split (has: {have})")
         return self.splits[name]
 
-    def shard_paths(self, name: str) -> list[Path]:
-        return [self.root / s.file for s in self.split(name).shards]
+
+def file_sha256(path: Path) -> str:
+    """The sha256 the manifest records for a file (shards, sample indexes), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def wids_file(split: str) -> str:

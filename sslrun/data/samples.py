@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslrun.data.manifest import IMAGE_EXTS, Manifest, SplitInfo
+from sslrun.data.manifest import IMAGE_EXTS, Manifest, SplitInfo, file_sha256
 from sslrun.data.sample_index import unpack
 from sslrun.data.tar_index import Member, group_samples, parse_class, scan_tar
 from sslrun.errors import UserError
@@ -57,11 +56,7 @@ def check_shards(manifest: Manifest, mode: str) -> str:
         if size != entry.bytes:
             raise UserError(f"shard {path}: {size} bytes, manifest says {entry.bytes} (damaged or replaced)")
         if full:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            if h.hexdigest() != entry.sha256:
+            if file_sha256(path) != entry.sha256:
                 raise UserError(f"shard {path}: sha256 differs from the manifest (damaged or replaced; "
                                 f"shards/verify.py {manifest.root} lists every problem)")
     return "full" if full else "size"
