@@ -11,7 +11,8 @@ load of a shared machine hits both alike):
   same loader reading each sample through `wids.ShardListDataset` over the set's
   `<split>.wids.json` instead of by offset (all three sides alternated in one run), and what
   opening each split costs a process through wids (it scans every tar header of a shard the
-  first time a process touches it) against reading the sample index;
+  first time a process touches it) against reading the sample index; P2cpu: the same ratio
+  per CPU second (workers and main process), which the neighbours' load moves far less;
 - P3: one FixMatch step (normalise, forward of x + weak + strong, loss, backward, SGD) / a bare
   forward + backward + SGD of the model on as many pre-normalised images;
 - P4: training steps/s fed by the real loader / fed by pre-made batches in memory (how much
@@ -27,6 +28,7 @@ import argparse
 import itertools
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -60,6 +62,12 @@ def _median_ratio(a: Callable[[], float], b: Callable[[], float], repeats: int) 
 
 
 # --- P2 ------------------------------------------------------------------------------------
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (loader workers, pool processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 _REF: tuple[ShardImages, list[tuple[Item, bytearray]]] | None = None
 
 
@@ -153,8 +161,10 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
     _REF = (ds, [(it, bytearray(ds.read(it[1], it[2]))) for it in items])
     procs = max(1, workers)
 
+    cpu_rates: dict[str, list[float]] = {"loader": [], "ref": []}
+
     def loader_rate(dataset: ShardImages = ds) -> float:
-        n, t0 = 0, None
+        n, t0, c0 = 0, None, _cpu()
         for k, batch in enumerate(make_loader(dataset, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps),
                                               workers, False)):
             if k == 0:  # start the clock at the first batch: worker start-up is not throughput
@@ -162,19 +172,28 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
                 continue
             n += len(batch["y"]) + len(batch.get("u_index", ()))
         assert t0 is not None
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        if dataset is ds:  # all samples, first batch included, over the CPU of the workers and this process
+            cpu_rates["loader"].append(len(items) / (_cpu() - c0))
+        return rate
 
     def ref_rate() -> float:
         per = len(items) // procs
         chunks = [(i * per, (i + 1) * per) for i in range(procs)]
+        c0 = _cpu()
         with mp.get_context("fork").Pool(procs) as pool:
             res = pool.map(_ref_chunk, chunks, chunksize=1)
+        cpu_rates["ref"].append(sum(n for n, _ in res) / (_cpu() - c0))
         return sum(n for n, _ in res) / max(s for _, s in res)
 
     if not with_wids:
         r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
         print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
               f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+        rc = statistics.median(a / b for a, b in zip(cpu_rates["loader"], cpu_rates["ref"]))
+        print(f"P2cpu loader/in-process per CPU second = {rc:.3f}  (loader {statistics.median(cpu_rates['loader']):.0f}, "
+              f"in-process {statistics.median(cpu_rates['ref']):.0f} samples per CPU second, worker start-up "
+              f"included; steadier than P2 when the machine is shared)", flush=True)
         return
     root = Path(tr.cfg.data)
     wds_ds = WidsImages(ds, root)
@@ -223,7 +242,7 @@ def _bare_step(tr: Trainer, x: Tensor, y: Tensor) -> None:
     tr.opt.step()
 
 
-def p3_p4(tr: Trainer, steps: int, repeats: int) -> None:
+def p3_p4(tr: Trainer, steps: int, repeats: int, only: set[str] = frozenset({"P3", "P4"})) -> None:
     premade = list(itertools.islice(tr._loader(0), 2))
     n_img = sum(premade[0][k].shape[0] for k in ("x", "u_weak", "u_strong"))
     x = torch.cat([tr.prepare(premade[0][k]) for k in ("x", "u_weak", "u_strong")])
@@ -236,11 +255,21 @@ def p3_p4(tr: Trainer, steps: int, repeats: int) -> None:
             fn(s)
         return n / (time.perf_counter() - t0)
 
+    if "P3" in only:
+        p3(tr, premade, x, y, n_img, timed, steps, repeats)
+    if "P4" not in only:
+        return
+    p4(tr, premade, timed, steps, repeats)
+
+
+def p3(tr: Trainer, premade: list, x: Tensor, y: Tensor, n_img: int, timed: Callable, steps: int, repeats: int) -> None:
     r, a, b = _median_ratio(lambda: timed(lambda s: _train_step(tr, premade[s % 2], s), steps),
                             lambda: timed(lambda s: _bare_step(tr, x, y), steps), repeats)
     print(f"P3 fixmatch step/bare fwd+bwd = {1 / r:.3f} (time ratio; fixmatch {a:.3f} steps/s, bare {b:.3f} steps/s, "
           f"{n_img} images a step)", flush=True)
 
+
+def p4(tr: Trainer, premade: list, timed: Callable, steps: int, repeats: int) -> None:
     def with_loader() -> float:
         it = tr._loader(0)
         _train_step(tr, next(it), 0)  # warm-up: worker start-up and the first batches
@@ -323,7 +352,7 @@ def main() -> None:
     if "P2" in only:
         p2(tr, tr.workers, a.loader_steps, a.repeats, a.wids)
     if only & {"P3", "P4"}:
-        p3_p4(tr, a.steps, a.repeats)
+        p3_p4(tr, a.steps, a.repeats, only)
     if "L" in only:
         labeling(tr, a.label_samples, a.repeats)
     print(f"# load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
