@@ -13,6 +13,7 @@ load of a shared machine hits both alike):
   opening each split costs a process through wids (it scans every tar header of a shard the
   first time a process touches it) against reading the sample index; P2cpu: the same ratio
   per CPU second (workers and main process), which the neighbours' load moves far less;
+  P4cpu likewise: training steps per CPU second of the trainer and its loader workers;
 - P3: one FixMatch step (normalise, forward of x + weak + strong, loss, backward, SGD) / a bare
   forward + backward + SGD of the model on as many pre-normalised images;
 - P4: training steps/s fed by the real loader / fed by pre-made batches in memory (how much
@@ -270,22 +271,32 @@ def p3(tr: Trainer, premade: list, x: Tensor, y: Tensor, n_img: int, timed: Call
 
 
 def p4(tr: Trainer, premade: list, timed: Callable, steps: int, repeats: int) -> None:
+    cpu: dict[str, list[float]] = {"loader": [], "premade": []}
+
     def with_loader() -> float:
+        c0 = _cpu()
         it = tr._loader(0)
         _train_step(tr, next(it), 0)  # warm-up: worker start-up and the first batches
         t0 = time.perf_counter()
         for s in range(1, steps + 1):
             _train_step(tr, next(it), s)
         rate = steps / (time.perf_counter() - t0)
-        del it
+        del it  # joins the workers: their CPU is counted below
+        cpu["loader"].append((steps + 1) / (_cpu() - c0))
         return rate
 
     def with_premade() -> float:
-        return timed(lambda s: _train_step(tr, premade[s % 2], s), steps)
+        c0 = _cpu()
+        rate = timed(lambda s: _train_step(tr, premade[s % 2], s), steps)
+        cpu["premade"].append((steps + 1) / (_cpu() - c0))
+        return rate
 
     r, a, b = _median_ratio(with_loader, with_premade, repeats)
     print(f"P4 steps/s real loader/pre-made = {r:.3f}  (loader {a:.3f} steps/s with {tr.workers} workers, "
           f"pre-made {b:.3f} steps/s)", flush=True)
+    rc = statistics.median(x / y for x, y in zip(cpu["loader"], cpu["premade"]))
+    print(f"P4cpu steps per CPU second, real loader (trainer + workers, start-up included)/pre-made = {rc:.3f}  "
+          f"({statistics.median(cpu['loader']):.3f} vs {statistics.median(cpu['premade']):.3f})", flush=True)
 
 
 def _head(s: SplitSamples, n: int) -> SplitSamples:
