@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,10 @@ def _same(a: samples.SplitSamples, b: samples.SplitSamples) -> None:
         x, y = getattr(a, k), getattr(b, k)
         assert x.dtype == y.dtype and np.array_equal(x, y), k
     assert a.ids == b.ids and a.shards == b.shards and a.name == b.name
+
+
+def _shas(root: Path, split: str) -> list[str]:
+    return [e.sha256 for e in read_manifest(root).split(split).shards]
 
 
 def _edit_manifest(root: Path, edit) -> None:
@@ -103,7 +108,7 @@ def test_damaged_index_is_refused_naming_the_file(shards: Path, damage: str, fra
             data = b"PK\x03\x04 not really a zip"
         else:
             s = samples.load_split(read_manifest(shards), "train")
-            data = pack({k: getattr(s, k)[1:] for k in COLS}, s.ids[1:])
+            data = pack({k: getattr(s, k)[1:] for k in COLS}, s.ids[1:], _shas(shards, "train"))
         path.write_bytes(data)
         _edit_manifest(shards, lambda m: m["splits"]["train"].update(index=entry_for(path.name, data)))
     with pytest.raises(UserError) as err:
@@ -113,13 +118,31 @@ def test_damaged_index_is_refused_naming_the_file(shards: Path, damage: str, fra
     assert samples.load_split(read_manifest(shards), "val")  # the other splits are untouched
 
 
+def test_a_shard_replaced_by_hand_makes_the_index_stale_and_the_start_scans(
+        shards: Path, scans: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A shard rewritten (here: two more end-of-archive blocks, same samples) with its manifest
+    entry edited to match: the index describes other bytes, so the start scans, and says so."""
+    want = samples.load_split(read_manifest(shards), "train")
+    shard = shards / "train-000000.tar"
+    raw = shard.read_bytes() + b"\0" * 1024
+    shard.write_bytes(raw)
+    _edit_manifest(shards, lambda m: m["splits"]["train"]["shards"][0].update(bytes=len(raw), sha256=sha256(raw).hexdigest()))
+    with caplog.at_level(logging.WARNING, logger="sslrun.data.samples"):
+        _same(samples.load_split(read_manifest(shards), "train"), want)
+    assert scans == [str(shard)]
+    assert any("made for other shards" in r.getMessage() and "train-000000.tar changed" in r.getMessage()
+               for r in caplog.records)
+    problems = verify_shards(shards, decode=False)
+    assert len(problems) == 1 and "train.index.npz was made for other shards" in problems[0]
+
+
 def test_verify_compares_the_index_with_the_tars(shards: Path) -> None:
     """An index the manifest vouches for but whose offsets are wrong: training would trust it,
     shards/verify.py finds it."""
     s = samples.load_split(read_manifest(shards), "unlabeled")
     cols = {k: getattr(s, k).copy() for k in COLS}
     cols["offset"][5] += 512
-    data = pack(cols, s.ids)
+    data = pack(cols, s.ids, _shas(shards, "unlabeled"))
     (shards / "unlabeled.index.npz").write_bytes(data)
     _edit_manifest(shards, lambda m: m["splits"]["unlabeled"].update(index=entry_for("unlabeled.index.npz", data)))
     problems = verify_shards(shards, decode=False)

@@ -539,7 +539,8 @@ def _split_index(name: str, tasks: list[ShardTask], results: dict[str, dict[str,
         hidden = res["entry"]["hidden_labels"]
         cols["hidden"] += [-1] * n if hidden is None else hidden
         ids += rec["id"]
-    return pack({k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}, ids)
+    shas = [results[t.file]["entry"]["sha256"] for t in tasks if t.split == name]
+    return pack({k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}, ids, shas)
 
 
 def _add_missing_indexes(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -554,7 +555,7 @@ def _add_missing_indexes(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             continue
         sp = scan_split(m, name)
         data = pack({"shard": sp.shard, "offset": sp.offset, "size": sp.size, "label": sp.label,
-                     "hidden": sp.hidden}, sp.ids)
+                     "hidden": sp.hidden}, sp.ids, [e.sha256 for e in m.split(name).shards])
         write_atomic(out / index_file(name), data)
         manifest["splits"][name] = _with_index(info, entry_for(index_file(name), data))
     write_atomic(out / "manifest.json", _dumps(manifest))

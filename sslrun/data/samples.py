@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sslrun.data.manifest import IMAGE_EXTS, Manifest, SplitInfo, file_sha256
-from sslrun.data.sample_index import unpack
+from sslrun.data.sample_index import StaleIndex, unpack
 from sslrun.data.tar_index import Member, group_samples, parse_class, scan_tar
 from sslrun.errors import UserError
 
@@ -81,7 +81,11 @@ def load_split(manifest: Manifest, split: str) -> SplitSamples:
                         "rerun its shards/build.py command (or build it anew) to start faster", manifest.root)
         return scan_split(manifest, split)
     paths = _present(manifest, info)
-    cols, ids = unpack(manifest.root / info.index.file, info.index, info.count, [e.count for e in info.shards])
+    try:
+        cols, ids = unpack(manifest.root, info)
+    except StaleIndex as err:
+        log.warning("%s: scanning the tar headers instead; rerun its shards/build.py command to rebuild the index", err)
+        return scan_split(manifest, split)
     return SplitSamples(name=split, shards=paths, ids=ids, **cols)
 
 

@@ -38,7 +38,7 @@ def _check_index(root: Path, split: SplitInfo, scanned: list[tuple]) -> list[str
         return []
     where = f"{split.name}/{split.index.file}"
     try:
-        cols, ids = unpack(root / split.index.file, split.index, split.count, [e.count for e in split.shards])
+        cols, ids = unpack(root, split)
     except UserError as err:
         return [str(err)]
     if len(scanned) != split.count:
