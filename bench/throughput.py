@@ -7,7 +7,13 @@
 Prints one line per figure (medians over --repeats, the two sides interleaved so that the
 load of a shared machine hits both alike):
 - P2: loader samples/s / the same decode + fit + views applied to in-memory bytes by the same
-  number of processes (what the plumbing costs: pread, IPC, collate);
+  number of processes (what the plumbing costs: pread, IPC, collate); with `--wids` also the
+  same loader reading each sample through `wids.ShardListDataset` over the set's
+  `<split>.wids.json` instead of by offset (all three sides alternated in one run), and what
+  opening each split costs a process through wids (it scans every tar header of a shard the
+  first time a process touches it) against reading the sample index; P2cpu: the same ratio
+  per CPU second (workers and main process), which the neighbours' load moves far less;
+  P4cpu likewise: training steps per CPU second of the trainer and its loader workers;
 - P3: one FixMatch step (normalise, forward of x + weak + strong, loss, backward, SGD) / a bare
   forward + backward + SGD of the model on as many pre-normalised images;
 - P4: training steps/s fed by the real loader / fed by pre-made batches in memory (how much
@@ -23,6 +29,7 @@ import argparse
 import itertools
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +42,8 @@ from torch.nn import functional as F
 
 from sslrun.config import Config
 from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader, mix_seed
-from sslrun.data.samples import SplitSamples
+from sslrun.data.manifest import IMAGE_EXTS, wids_file
+from sslrun.data.samples import SplitSamples, load_split
 from sslrun.data.transforms import decode, fit
 from sslrun.engine import Trainer, seed_step
 from sslrun.evaluate import labeling_pass
@@ -55,6 +63,12 @@ def _median_ratio(a: Callable[[], float], b: Callable[[], float], repeats: int) 
 
 
 # --- P2 ------------------------------------------------------------------------------------
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (loader workers, pool processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 _REF: tuple[ShardImages, list[tuple[Item, bytearray]]] | None = None
 
 
@@ -72,7 +86,72 @@ def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
     return lo_hi[1] - lo_hi[0], time.perf_counter() - t0
 
 
-def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
+def _identity(url: str) -> str:
+    """wids' `localname`: read local shards where they are (its default copies each one into
+    /tmp/_wids_cache first)."""
+    return url
+
+
+class WidsImages(ShardImages):
+    """ShardImages reading each sample's image through wids (by the split's wids shard index),
+    not by the offset in the sample index; the rest (decode, views, seeds) is the same code."""
+
+    def __init__(self, base: ShardImages, root: Path) -> None:
+        super().__init__(base.splits, base.size, base.views)
+        self.root = root
+        self._wids: dict[int, object] = {}
+        self._wids_pid = os.getpid()
+
+    def open(self, split_id: int):
+        import wids
+
+        if self._wids_pid != os.getpid():
+            self._wids, self._wids_pid = {}, os.getpid()
+        ds = self._wids.get(split_id)
+        if ds is None:
+            n_shards = len(self.splits[split_id].shards)
+            ds = self._wids[split_id] = wids.ShardListDataset(
+                str(self.root / wids_file(self.splits[split_id].name)), transformations=[], localname=_identity,
+                lru_size=max(10, n_shards))
+        return ds
+
+    def read(self, split_id: int, index: int) -> bytes:
+        sample = self.open(split_id)[index]
+        for ext in IMAGE_EXTS:
+            v = sample.get("." + ext)
+            if v is not None:
+                return v.read() if hasattr(v, "read") else v
+        raise KeyError(f"no image in wids sample {sample['__key__']}")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_wids"] = {}
+        return state
+
+
+def _open_costs(ds: ShardImages, root: Path, manifest) -> str:
+    """Seconds for one process to be ready to read every sample of each split: wids (open
+    every shard: its header scan) against the sample index (load_split)."""
+    import contextlib
+    import io
+
+    out = []
+    for sid, s in enumerate(ds.splits):
+        t0 = time.perf_counter()
+        load_split(manifest, s.name)
+        t_index = time.perf_counter() - t0
+        w = WidsImages(ds, root)
+        t0 = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):  # wids prints a line per dataset
+            wd = w.open(sid)
+            for k in range(len(s.shards)):  # one sample of each shard opens (and scans) it
+                wd[int(sum(wd.lengths[:k]))]
+        out.append(f"{s.name} ({len(s)} samples, {len(s.shards)} shards): wids {time.perf_counter() - t0:.3f} s, "
+                   f"index {t_index:.3f} s")
+    return "; ".join(out)
+
+
+def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = False) -> None:
     global _REF
     it_loader = tr._loader(0)  # builds the dataset and sampler exactly as training does
     ds: ShardImages = it_loader._dataset
@@ -83,26 +162,56 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
     _REF = (ds, [(it, bytearray(ds.read(it[1], it[2]))) for it in items])
     procs = max(1, workers)
 
-    def loader_rate() -> float:
-        n, t0 = 0, None
-        for k, batch in enumerate(make_loader(ds, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps), workers, False)):
+    cpu_rates: dict[str, list[float]] = {"loader": [], "ref": []}
+
+    def loader_rate(dataset: ShardImages = ds) -> float:
+        n, t0, c0 = 0, None, _cpu()
+        for k, batch in enumerate(make_loader(dataset, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps),
+                                              workers, False)):
             if k == 0:  # start the clock at the first batch: worker start-up is not throughput
                 t0 = time.perf_counter()
                 continue
             n += len(batch["y"]) + len(batch.get("u_index", ()))
         assert t0 is not None
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        if dataset is ds:  # all samples, first batch included, over the CPU of the workers and this process
+            cpu_rates["loader"].append(len(items) / (_cpu() - c0))
+        return rate
 
     def ref_rate() -> float:
         per = len(items) // procs
         chunks = [(i * per, (i + 1) * per) for i in range(procs)]
+        c0 = _cpu()
         with mp.get_context("fork").Pool(procs) as pool:
             res = pool.map(_ref_chunk, chunks, chunksize=1)
+        cpu_rates["ref"].append(sum(n for n, _ in res) / (_cpu() - c0))
         return sum(n for n, _ in res) / max(s for _, s in res)
 
-    r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
-    print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
-          f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+    if not with_wids:
+        r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
+        print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
+              f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+        rc = statistics.median(a / b for a, b in zip(cpu_rates["loader"], cpu_rates["ref"]))
+        print(f"P2cpu loader/in-process per CPU second = {rc:.3f}  (loader {statistics.median(cpu_rates['loader']):.0f}, "
+              f"in-process {statistics.median(cpu_rates['ref']):.0f} samples per CPU second, worker start-up "
+              f"included; steadier than P2 when the machine is shared)", flush=True)
+        return
+    root = Path(tr.cfg.data)
+    wds_ds = WidsImages(ds, root)
+    for (_, sid, idx, _, _), raw in _REF[1][:50]:  # the same bytes by both roads
+        assert wds_ds.read(sid, idx) == bytes(raw), (sid, idx)
+    print(f"P2 open cost per process: {_open_costs(ds, root, tr.manifest)}", flush=True)
+    own, wid, ref = [], [], []
+    sides = [(lambda: loader_rate(), own), (lambda: loader_rate(wds_ds), wid), (ref_rate, ref)]
+    for r in range(repeats):
+        for f, out in sides[r % 3:] + sides[:r % 3]:
+            out.append(f())
+    med = statistics.median
+    print(f"P2 own reader loader/in-process = {med(a / c for a, c in zip(own, ref)):.3f}, "
+          f"wids reader loader/in-process = {med(b / c for b, c in zip(wid, ref)):.3f}, wids/own = "
+          f"{med(b / a for a, b in zip(own, wid)):.3f}  (own {med(own):.0f}, wids {med(wid):.0f}, in-process "
+          f"{med(ref):.0f} samples/s; {workers} workers, {procs} processes; {steps} steps of {len(items) // steps} "
+          f"samples; medians of {repeats})", flush=True)
 
 
 # --- P3 / P4 ----------------------------------------------------------------------------------
@@ -134,7 +243,7 @@ def _bare_step(tr: Trainer, x: Tensor, y: Tensor) -> None:
     tr.opt.step()
 
 
-def p3_p4(tr: Trainer, steps: int, repeats: int) -> None:
+def p3_p4(tr: Trainer, steps: int, repeats: int, only: set[str] = frozenset({"P3", "P4"})) -> None:
     premade = list(itertools.islice(tr._loader(0), 2))
     n_img = sum(premade[0][k].shape[0] for k in ("x", "u_weak", "u_strong"))
     x = torch.cat([tr.prepare(premade[0][k]) for k in ("x", "u_weak", "u_strong")])
@@ -147,27 +256,47 @@ def p3_p4(tr: Trainer, steps: int, repeats: int) -> None:
             fn(s)
         return n / (time.perf_counter() - t0)
 
+    if "P3" in only:
+        p3(tr, premade, x, y, n_img, timed, steps, repeats)
+    if "P4" not in only:
+        return
+    p4(tr, premade, timed, steps, repeats)
+
+
+def p3(tr: Trainer, premade: list, x: Tensor, y: Tensor, n_img: int, timed: Callable, steps: int, repeats: int) -> None:
     r, a, b = _median_ratio(lambda: timed(lambda s: _train_step(tr, premade[s % 2], s), steps),
                             lambda: timed(lambda s: _bare_step(tr, x, y), steps), repeats)
     print(f"P3 fixmatch step/bare fwd+bwd = {1 / r:.3f} (time ratio; fixmatch {a:.3f} steps/s, bare {b:.3f} steps/s, "
           f"{n_img} images a step)", flush=True)
 
+
+def p4(tr: Trainer, premade: list, timed: Callable, steps: int, repeats: int) -> None:
+    cpu: dict[str, list[float]] = {"loader": [], "premade": []}
+
     def with_loader() -> float:
+        c0 = _cpu()
         it = tr._loader(0)
         _train_step(tr, next(it), 0)  # warm-up: worker start-up and the first batches
         t0 = time.perf_counter()
         for s in range(1, steps + 1):
             _train_step(tr, next(it), s)
         rate = steps / (time.perf_counter() - t0)
-        del it
+        del it  # joins the workers: their CPU is counted below
+        cpu["loader"].append((steps + 1) / (_cpu() - c0))
         return rate
 
     def with_premade() -> float:
-        return timed(lambda s: _train_step(tr, premade[s % 2], s), steps)
+        c0 = _cpu()
+        rate = timed(lambda s: _train_step(tr, premade[s % 2], s), steps)
+        cpu["premade"].append((steps + 1) / (_cpu() - c0))
+        return rate
 
     r, a, b = _median_ratio(with_loader, with_premade, repeats)
     print(f"P4 steps/s real loader/pre-made = {r:.3f}  (loader {a:.3f} steps/s with {tr.workers} workers, "
           f"pre-made {b:.3f} steps/s)", flush=True)
+    rc = statistics.median(x / y for x, y in zip(cpu["loader"], cpu["premade"]))
+    print(f"P4cpu steps per CPU second, real loader (trainer + workers, start-up included)/pre-made = {rc:.3f}  "
+          f"({statistics.median(cpu['loader']):.3f} vs {statistics.median(cpu['premade']):.3f})", flush=True)
 
 
 def _head(s: SplitSamples, n: int) -> SplitSamples:
@@ -220,6 +349,7 @@ def main() -> None:
     p.add_argument("--amp", default="off")  # the engine's CPU default; bf16 was 8-20x slower at 32 px here
     p.add_argument("--label-samples", type=int, default=3000)
     p.add_argument("--only", default="P2,P3,P4,L")
+    p.add_argument("--wids", action="store_true", help="P2 also through a wids-backed reader, side by side")
     a = p.parse_args()
     root = Path(os.environ.get("TMPDIR", "/tmp")) / "sslrun-bench-throughput"
     cfg = Config(data=str(a.shards), root=str(root), sweep="b", name="b", model=a.model, image_size=a.size,
@@ -231,9 +361,9 @@ def main() -> None:
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     only = set(a.only.split(","))
     if "P2" in only:
-        p2(tr, tr.workers, a.loader_steps, a.repeats)
+        p2(tr, tr.workers, a.loader_steps, a.repeats, a.wids)
     if only & {"P3", "P4"}:
-        p3_p4(tr, a.steps, a.repeats)
+        p3_p4(tr, a.steps, a.repeats, only)
     if "L" in only:
         labeling(tr, a.label_samples, a.repeats)
     print(f"# load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)

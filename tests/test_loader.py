@@ -94,3 +94,22 @@ def test_repeated_evaluations_and_loader_rebuilds_do_not_grow_open_fds(digits):
         collate([ds[it] for it in items[0]])
         assert _open_fds() > before
     assert _open_fds() == before
+
+
+def test_a_worker_hands_over_a_batch_as_two_buffers(digits):
+    """Every tensor crossing from a worker costs a shared-memory file and a descriptor: a
+    FixMatch batch crosses as one uint8 image buffer and one int64 buffer, its keys views."""
+    manifest = read_manifest(digits)
+    train, unl = load_split(manifest, "train"), load_split(manifest, "unlabeled")
+    views = {LABELED: [make_transform("weak")], UNLABELED: [make_transform("weak"), make_transform("weak")]}
+    streams = [Stream(Pool(np.zeros(len(train), np.int64), np.arange(len(train)), train.label), LABELED, 4),
+               Stream(Pool(np.ones(len(unl), np.int64), np.arange(len(unl)), np.full(len(unl), -1)), UNLABELED, 8)]
+    for workers in (0, 1):
+        batch = next(iter(make_loader(ShardImages([train, unl], 16, views), StepSampler(streams, 3, 0, 1, 0, 2),
+                                      workers, False)))
+        storages = {k: v.untyped_storage().data_ptr() for k, v in batch.items()}
+        assert storages["x"] == storages["u_weak"] == storages["u_strong"], workers
+        assert storages["y"] == storages["y_index"] == storages["u_index"] == storages["u_truth"], workers
+        assert batch["x"].shape == (4, 3, 16, 16) and batch["u_strong"].shape == (8, 3, 16, 16)
+        assert batch["y"].tolist() == train.label[batch["y_index"].numpy()].tolist()
+        assert (batch["u_truth"].numpy() == unl.hidden[batch["u_index"].numpy()]).all()

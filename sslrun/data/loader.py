@@ -155,37 +155,88 @@ class ShardImages(Dataset):
         return sum(len(s) for s in self.splits)
 
 
-def collate(items: list[tuple[int, list[Tensor], int, int, int]]) -> dict[str, Tensor]:
+class Batch(dict):
+    """A step's batch: a dict of tensors, whose images are views of one uint8 buffer and whose
+    index and label vectors are views of one int64 buffer.
+
+    Why: every tensor a worker hands to the trainer costs a shared-memory file and a file
+    descriptor passed over a socket (torch's file_descriptor strategy), in both processes; a
+    FixMatch batch has seven. Pickled, a Batch is its two buffers and their layout."""
+
+    packed: tuple[Tensor, Tensor, list[tuple[str, int, int, tuple[int, ...]]]] | None = None
+
+    def __reduce__(self) -> tuple:
+        if self.packed is None:
+            return dict, (dict(self),)
+        return _unpack, self.packed
+
+
+def _unpack(images: Tensor, ints: Tensor, layout: list[tuple[str, int, int, tuple[int, ...]]]) -> Batch:
+    """The batch's tensors as views of its two buffers (`layout`: key, start, stop, shape)."""
+    out = Batch()
+    for key, a, b, shape in layout:
+        out[key] = images[a:b] if shape else ints[a:b]
+    return out
+
+
+def collate(items: list[tuple[int, list[Tensor], int, int, int]]) -> Batch:
     """Group a step's items by role into uint8 image stacks and index/label vectors."""
-    out: dict[str, Tensor] = {}
+    images: list[tuple[str, list[Tensor]]] = []
+    ints: list[tuple[str, list[int]]] = []
     for role, prefix, names in ((LABELED, "", ("x",)), (EVAL, "", ("x",)), (UNLABELED, "u_", ("weak", "strong"))):
         mine = [it for it in items if it[0] == role]
         if not mine:
             continue
         for k in range(len(mine[0][1])):
             key = names[k] if role != UNLABELED else prefix + names[k]
-            out[key] = _stack([it[1][k] for it in mine])
+            images.append((key, [it[1][k] for it in mine]))
         if role == UNLABELED:
-            out["u_index"] = torch.tensor([it[3] for it in mine])
-            out["u_truth"] = torch.tensor([it[4] for it in mine])
+            ints += [("u_index", [it[3] for it in mine]), ("u_truth", [it[4] for it in mine])]
         else:
-            out["y"] = torch.tensor([it[2] for it in mine])
-            out["y_index"] = torch.tensor([it[3] for it in mine])
+            ints += [("y", [it[2] for it in mine]), ("y_index", [it[3] for it in mine])]
+    shapes = {tuple(t.shape) for _, ts in images for t in ts}
+    dtypes = {t.dtype for _, ts in images for t in ts}
+    if len(shapes) != 1 or len(dtypes) != 1:  # views of different sizes: one stack per key
+        out = Batch({key: _stack(ts) for key, ts in images})
+        out.update({key: torch.tensor(v) for key, v in ints})
+        return out
+    shape = shapes.pop()
+    n_img = sum(len(ts) for _, ts in images)
+    img_buf = _empty((n_img, *shape), dtypes.pop())
+    int_buf = torch.tensor([v for _, vs in ints for v in vs], dtype=torch.int64)
+    if get_worker_info() is not None:
+        int_buf.share_memory_()
+    layout: list[tuple[str, int, int, tuple[int, ...]]] = []
+    at = 0
+    for key, ts in images:
+        torch.stack(ts, out=img_buf[at:at + len(ts)])
+        layout.append((key, at, at + len(ts), shape))
+        at += len(ts)
+    at = 0
+    for key, vs in ints:
+        layout.append((key, at, at + len(vs), ()))
+        at += len(vs)
+    out = _unpack(img_buf, int_buf, layout)
+    out.packed = (img_buf, int_buf, layout)
     return out
 
 
-def _stack(images: list[Tensor]) -> Tensor:
-    """torch.stack, into shared memory inside a worker (as default_collate does).
-
-    A worker's batch crosses to the trainer through shared memory; stacking straight into it
-    saves the copy that pickling a private tensor for the queue would make.
-    """
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An empty tensor, in shared memory inside a worker: the batch then crosses to the
+    trainer without the copy that pickling a private tensor for the queue would make."""
     if get_worker_info() is None:
-        return torch.stack(images)
+        return torch.empty(shape, dtype=dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    storage = torch.UntypedStorage._new_shared(n * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _stack(images: list[Tensor]) -> Tensor:
+    """torch.stack, into shared memory inside a worker (as default_collate does)."""
     first = images[0]
-    storage = first.untyped_storage()._new_shared(len(images) * first.numel() * first.element_size())
-    out = first.new(storage).view(len(images), *first.shape)
-    return torch.stack(images, out=out)
+    return torch.stack(images, out=_empty((len(images), *first.shape), first.dtype))
 
 
 def make_loader(dataset: ShardImages, batches: object, workers: int, pin: bool) -> DataLoader:
