@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sslrun.errors import UserError
+from sslrun.text import bad_char, shown
 from sslrun.yaml_file import read_yaml_mapping
 
 # Keys that locate a run rather than define it: they never enter the run's name.
@@ -139,7 +140,9 @@ class Key:
             return text
         number: float
         try:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not text.isascii():
+                # Python's int() and float() read Arabic-Indic and other Unicode digits: `seed=٤٢`
+                # would be seed 42 in a folder named `seed=__`, a twin of `seed=42`'s run.
                 raise ValueError(text)
             if self.kind == "int":
                 number = value if isinstance(value, int) else int(text.strip())
@@ -209,11 +212,12 @@ MAX_NAME = 200  # a run or sweep folder name; file systems stop at 255 bytes
 
 
 def check_text(name: str, text: str) -> None:
-    """Refuse control characters (a newline, a tab, ESC...): values reach job scripts, command lines
-    and file names, where a newline is a new line of the sbatch script."""
-    bad = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    """Refuse control characters (a newline, a tab, ESC, U+2028, a bidi override, a lone surrogate
+    from a non-UTF-8 argv byte; see sslrun/text.py): values reach job scripts, command lines and
+    file names, where a newline is a new line of the sbatch script."""
+    bad = bad_char(text)
     if bad is not None:
-        raise UserError(f"{name}: contains the control character {bad!r}; expected printable text")
+        raise UserError(f"{name}: contains the control character '{shown(bad)}'; expected printable text")
 
 
 def closest(name: str, known: list[str]) -> str:
