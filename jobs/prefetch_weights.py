@@ -13,11 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sslrun.cli import OneLineParser  # noqa: E402
 from sslrun.errors import exit_on_user_error  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="timm model name, e.g. resnet50")
     parser.add_argument("--tag", default="", help="pretrained tag, e.g. a1_in1k (default: timm's default)")
     parser.add_argument("--out", type=Path, help="also save the weights here, for pretrained=FILE")

@@ -21,7 +21,8 @@ import yaml
 
 from sslrun.errors import UserError
 from sslrun.text import bad_char, shown
-from sslrun.yaml_file import read_yaml_mapping
+from sslrun.yaml_file import load_text, read_yaml_mapping
+from sslrun.yaml_file import why as yaml_why
 
 # Keys that locate a run rather than define it: they never enter the run's name.
 PLACEMENT_KEYS = ("root", "sweep", "name", "data")
@@ -265,10 +266,9 @@ def _extra_value(key: str, text: Any) -> Any:
         return text
     check_text(key, text)
     try:
-        value = yaml.safe_load(text)
+        value = load_text(text)
     except yaml.YAMLError as err:
-        why = str(getattr(err, "problem", "") or type(err).__name__)
-        raise UserError(f"{key}={text}: not a YAML value ({why})") from None
+        raise UserError(f"{key}={text}: not a YAML value ({yaml_why(err)})") from None
     if isinstance(value, (dict, list)):
         raise UserError(f"{key}={text}: expected a number, true/false or a word")
     return value

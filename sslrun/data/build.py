@@ -650,19 +650,14 @@ def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
     """Make `out` ready; return the finished manifest if this very build is already there."""
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("build", {}).get("plan_sha256") == plan.digest:
+        old = _json_object(manifest_path)
+        build = old.get("build")
+        if isinstance(build, dict) and build.get("plan_sha256") == plan.digest:
             return old
         raise UserError(f"{out} already holds a different shard set; choose another --out")
     plan_path = out / PLAN_FILE
     if plan_path.is_file():
-        try:
-            old_digest = json.loads(plan_path.read_text()).get("plan_sha256")
-        except (OSError, ValueError):
-            old_digest = None
+        old_digest = _json_object(plan_path).get("plan_sha256")
         if old_digest != plan.digest:
             raise UserError(
                 f"{out} holds an unfinished build of other inputs or parameters; "
@@ -676,6 +671,16 @@ def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
     return None
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file found in --out, or {} when it is anything else (unreadable, not JSON,
+    a list): such a file is not this build's, and the caller says so."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, dict[str, Any]]:
     """Finished shards of this plan whose file still has its recorded sha256."""
     path = out / JOURNAL_FILE
@@ -683,14 +688,15 @@ def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, di
         return {}
     wanted = {t.file for t in tasks}
     done: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted:
-            continue
-        rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
+            if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted:
+                continue
+            rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
+            int(rec["entry"]["bytes"]), str(rec["entry"]["sha256"])
+        except (ValueError, RecursionError, AttributeError, KeyError, TypeError):
+            continue  # a line cut by a crash, or not ours: that shard is written again
         done[rec["entry"]["file"]] = rec
     good = {}
     for file, rec in done.items():
