@@ -392,7 +392,8 @@ def load_config(path: str | Path) -> Config:
             raise UserError(f"{path}: {err}") from None
     cfg = Config(**values)
     try:
-        validate(cfg)
+        # sweep and name may be left out of a hand-written file: make_config derives them
+        validate(dataclasses.replace(cfg, sweep=cfg.sweep or "sweep", name=cfg.name or "name"))
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     return cfg

@@ -34,6 +34,7 @@ import yaml
 
 from sslrun.atomic import write_atomic
 from sslrun.errors import UserError, write_error
+from sslrun.small_file import read_small
 from sslrun.yaml_file import load_text
 from sslrun.yaml_file import why as yaml_why
 
@@ -93,7 +94,7 @@ def _why(err: Exception) -> str:
 def read_text(path: Path) -> str:
     """A run file's text; unreadable or not UTF-8 is Damaged, naming the file."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return read_small(path).decode("utf-8")  # a link to /dev/zero is damage, not a hang
     except OSError as err:
         raise Damaged(f"{path}: cannot read ({_why(err)})") from None
     except UnicodeDecodeError:
@@ -143,7 +144,7 @@ def read_jsonl(path: Path) -> JsonLines:
     if not path.exists():
         return JsonLines([])
     try:
-        raw = path.read_bytes()
+        raw = read_small(path, limit=4 << 30)  # a long run's metrics.jsonl is large, never endless
     except OSError as err:
         log.debug("%s unreadable: %s", path, err)  # the caller reports it as the run's damage
         return JsonLines([], [0], _why(err))

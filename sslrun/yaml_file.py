@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sslrun.errors import UserError
+from sslrun.small_file import read_small
 
 MAX_DEPTH = 50  # a config is 2 levels deep, a sweep file 4
 
@@ -73,7 +74,7 @@ def read_yaml_mapping(path: Path, expected: str, label: str = "", empty_ok: bool
     """`path` parsed as a YAML mapping; `expected` says what the mapping should hold, `label`
     what kind of file it is ("sweep file "), `empty_ok` lets an empty file mean {}."""
     try:
-        raw = load_text(Path(path).read_bytes().decode("utf-8"))
+        raw = load_text(read_small(path).decode("utf-8"))
     except OSError as err:
         raise UserError(f"{label}{path}: cannot read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
