@@ -213,6 +213,9 @@ def checkpoint_progress(run_dir: Path) -> tuple[int, float, str]:
         path = ckpt_dir(run_dir) / name
         if not path.exists():
             continue
+        if not path.is_file():  # a FIFO would block status forever
+            notes.append(f"{path}: unreadable checkpoint (not a regular file)")
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if not isinstance(state, dict) or "step" not in state:

@@ -450,6 +450,8 @@ CASES: list[Case] = [
     Case("status-config-alias-bomb", ST, sweep(lambda r: replace(r / "config.yaml", BOMB_YAML)), 0, "aliases"),
     Case("status-config-duplicate-key", ST, sweep(lambda r: appended(r / "config.yaml", "seed: 7\n")), 0, "given twice"),
     Case("status-ckpt-dev-zero", ST, sweep(lambda r: replace(r / "ckpt" / "last.pt", link="/dev/zero")), 0, STATUS_OK),
+    Case("status-ckpt-fifo", ST, sweep(lambda r: (replace(r / "ckpt" / "last.pt"), (r / "ckpt" / "last.pt").unlink(),
+                                                  os.mkfifo(r / "ckpt" / "last.pt"))), 0, STATUS_OK),
     Case("status-jobs-garbage", ST, sweep(lambda r: write(r.parent / ".submitit" / "jobs.jsonl", '[]\n{"run": [1]}\n{torn')),
          0, STATUS_OK),
     Case("status-planted-pickle", ST, sweep(lambda r: write(r.parent / ".submitit" / "1" / "1_submitted.pkl",
@@ -464,6 +466,8 @@ CASES: list[Case] = [
     # --- predict and checkpoints
     Case("predict-ok", P, predict(), 0, "val accuracy"),
     Case("predict-ckpt-dev-zero", P, predict(lambda r: replace(r / "ckpt" / "best.pt", link="/dev/zero")), 2, "best.pt"),
+    Case("predict-ckpt-fifo", P, predict(lambda r: (replace(r / "ckpt" / "best.pt"), (r / "ckpt" / "best.pt").unlink(),
+                                                    os.mkfifo(r / "ckpt" / "best.pt"))), 2, "best.pt"),
     Case("predict-ckpt-empty", P, predict(lambda r: replace(r / "ckpt" / "best.pt", b"")), 2, "best.pt"),
     Case("predict-ckpt-pickle", P, predict(lambda r: replace(r / "ckpt" / "best.pt", b"cos\nsystem\n(S'touch PWNED'\ntR.")),
          2, "best.pt"),
