@@ -21,6 +21,7 @@ The build runs in three steps, and only the last touches `out`:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -622,7 +623,11 @@ def _lock_out(out: Path) -> int:
         raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # a file system without flock (some NFS mounts): build unlocked, as before the lock
+            log.warning("--out %s: cannot lock (%s); do not start a second build into it", out, err.strerror)
+            return fd
         os.close(fd)
         raise UserError(f"--out {out} is being written by another build right now; wait for it to end "
                         "(then rerun to resume it) or choose another --out") from None
