@@ -95,6 +95,9 @@ def load_latest(folder: Path) -> tuple[dict[str, Any] | None, str]:
         path = folder / name
         if not path.exists():
             continue
+        if not path.is_file():  # a FIFO would block the open forever; a link to /dev/zero is no file
+            notes.append(f"{path} unreadable (not a regular file)")
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or "step" not in state:

@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from sslrun.errors import UserError
-from sslrun.yaml_file import read_yaml_mapping
+from sslrun.text import bad_char, shown
+from sslrun.yaml_file import load_text, read_yaml_mapping
+from sslrun.yaml_file import why as yaml_why
 
 # Keys that locate a run rather than define it: they never enter the run's name.
 PLACEMENT_KEYS = ("root", "sweep", "name", "data")
@@ -139,7 +141,9 @@ class Key:
             return text
         number: float
         try:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not text.isascii():
+                # Python's int() and float() read Arabic-Indic and other Unicode digits: `seed=٤٢`
+                # would be seed 42 in a folder named `seed=__`, a twin of `seed=42`'s run.
                 raise ValueError(text)
             if self.kind == "int":
                 number = value if isinstance(value, int) else int(text.strip())
@@ -209,11 +213,12 @@ MAX_NAME = 200  # a run or sweep folder name; file systems stop at 255 bytes
 
 
 def check_text(name: str, text: str) -> None:
-    """Refuse control characters (a newline, a tab, ESC...): values reach job scripts, command lines
-    and file names, where a newline is a new line of the sbatch script."""
-    bad = next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    """Refuse control characters (a newline, a tab, ESC, U+2028, a bidi override, a lone surrogate
+    from a non-UTF-8 argv byte; see sslrun/text.py): values reach job scripts, command lines and
+    file names, where a newline is a new line of the sbatch script."""
+    bad = bad_char(text)
     if bad is not None:
-        raise UserError(f"{name}: contains the control character {bad!r}; expected printable text")
+        raise UserError(f"{name}: contains the control character '{shown(bad)}'; expected printable text")
 
 
 def closest(name: str, known: list[str]) -> str:
@@ -261,10 +266,9 @@ def _extra_value(key: str, text: Any) -> Any:
         return text
     check_text(key, text)
     try:
-        value = yaml.safe_load(text)
+        value = load_text(text)
     except yaml.YAMLError as err:
-        why = str(getattr(err, "problem", "") or type(err).__name__)
-        raise UserError(f"{key}={text}: not a YAML value ({why})") from None
+        raise UserError(f"{key}={text}: not a YAML value ({yaml_why(err)})") from None
     if isinstance(value, (dict, list)):
         raise UserError(f"{key}={text}: expected a number, true/false or a word")
     return value
@@ -388,7 +392,8 @@ def load_config(path: str | Path) -> Config:
             raise UserError(f"{path}: {err}") from None
     cfg = Config(**values)
     try:
-        validate(cfg)
+        # sweep and name may be left out of a hand-written file: make_config derives them
+        validate(dataclasses.replace(cfg, sweep=cfg.sweep or "sweep", name=cfg.name or "name"))
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     return cfg

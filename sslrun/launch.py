@@ -60,6 +60,9 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
     """Every run's Config, checked; the data set is read once to catch a bad folder early."""
     base = parse_overrides(overrides)
     combos = parse_array(array)
+    both = [k for k in combos[0] if k in base]
+    if both:  # the --array value would replace the override in every run without a word
+        raise UserError(f"{both[0]}= is given both as an override and as an --array axis; give it once")
     rows = sweep_overrides or [{}]
     many = len(rows) * len(combos) > 1
     configs: list[Config] = []
@@ -76,7 +79,11 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
             key = f"{cfg.sweep}/{cfg.name}"
             if key in seen:
                 if seen[key] == cfg.to_dict():
-                    continue  # the very same run written twice: planned once
+                    # `--array seeds=1,1`, or a command-line seed=3 over a sweep file's seeds: the
+                    # grid would quietly shrink; a sweep never plans fewer runs than it lists.
+                    shown = ", ".join(f"{k}={v}" for k, v in items.items())
+                    raise UserError(f"the run {{{shown}}} is planned twice (a value repeated in --array, or an "
+                                    "override that replaces a key the sweep varies); remove the repeat")
                 raise UserError(f"two different runs would share the folder {cfg.run_dir()}: give each "
                                 f"run its own name= (or leave name= out to derive names from the overrides)")
             seen[key] = cfg.to_dict()

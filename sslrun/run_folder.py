@@ -34,6 +34,9 @@ import yaml
 
 from sslrun.atomic import write_atomic
 from sslrun.errors import UserError, write_error
+from sslrun.small_file import read_small
+from sslrun.yaml_file import load_text
+from sslrun.yaml_file import why as yaml_why
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,10 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def is_run_dir(path: Path) -> bool:
+    # lexists, not is_file: a config.yaml that is a folder, a dangling link or unreadable makes
+    # the run damaged (read_config says why), never a run that silently is not there.
     return (path.name != REPORT and not path.name.startswith(".") and path.is_dir()
-            and (path / CONFIG).is_file())
+            and os.path.lexists(path / CONFIG))
 
 
 # --- tolerant readers --------------------------------------------------------------------
@@ -89,18 +94,27 @@ def _why(err: Exception) -> str:
 def read_text(path: Path) -> str:
     """A run file's text; unreadable or not UTF-8 is Damaged, naming the file."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return read_small(path).decode("utf-8")  # a link to /dev/zero is damage, not a hang
     except OSError as err:
         raise Damaged(f"{path}: cannot read ({_why(err)})") from None
     except UnicodeDecodeError:
         raise Damaged(f"{path}: not UTF-8 text") from None
 
 
+def json_loads(text: str) -> Any:
+    """json.loads for files sslrun did not necessarily write: `[[[[...` nested past the
+    interpreter's recursion limit is a ValueError like any other bad JSON, not a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object file (result.json, failure.json); anything else is Damaged."""
     text = read_text(path)
     try:
-        obj = json.loads(text)
+        obj = json_loads(text)
     except ValueError as err:
         raise Damaged(f"{path}: not valid JSON ({_why(err)})") from None
     if not isinstance(obj, dict):
@@ -112,10 +126,13 @@ def read_json(path: Path) -> dict[str, Any]:
 class JsonLines:
     records: list[dict[str, Any]]
     bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of lines that are no JSON object
+    unreadable: str = ""  # why the file could not be read at all (then bad_lines is [0])
 
     def damage(self, path: Path) -> str:
         if not self.bad_lines:
             return ""
+        if self.unreadable:
+            return f"{path}: cannot read ({self.unreadable})"
         return f"{path}: line {self.bad_lines[0]} is not a JSON object ({len(self.bad_lines)} bad line(s))"
 
 
@@ -127,10 +144,10 @@ def read_jsonl(path: Path) -> JsonLines:
     if not path.exists():
         return JsonLines([])
     try:
-        raw = path.read_bytes()
+        raw = read_small(path, limit=4 << 30)  # a long run's metrics.jsonl is large, never endless
     except OSError as err:
-        log.warning("%s unreadable: %s", path, err)
-        return JsonLines([], [0])
+        log.debug("%s unreadable: %s", path, err)  # the caller reports it as the run's damage
+        return JsonLines([], [0], _why(err))
     lines = raw.split(b"\n")
     torn = lines[-1] if lines else b""
     out = JsonLines([])
@@ -138,7 +155,7 @@ def read_jsonl(path: Path) -> JsonLines:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line.decode("utf-8"))
+            rec = json_loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             rec = None
         if isinstance(rec, dict):
@@ -147,7 +164,7 @@ def read_jsonl(path: Path) -> JsonLines:
             out.bad_lines.append(number)
     if torn.strip():
         try:
-            rec = json.loads(torn.decode("utf-8"))
+            rec = json_loads(torn.decode("utf-8"))
             if isinstance(rec, dict):
                 out.records.append(rec)
         except (UnicodeDecodeError, ValueError):
@@ -160,9 +177,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     text = read_text(path)
     try:
-        cfg = yaml.safe_load(text)
+        cfg = load_text(text)  # no object tags, aliases or duplicate keys (sslrun/yaml_file.py)
     except yaml.YAMLError as err:
-        raise Damaged(f"{path}: not valid YAML ({_why(err)})") from None
+        raise Damaged(f"{path}: not valid YAML ({yaml_why(err)})") from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
@@ -195,6 +212,9 @@ def checkpoint_progress(run_dir: Path) -> tuple[int, float, str]:
     for name in (LAST, PREV):
         path = ckpt_dir(run_dir) / name
         if not path.exists():
+            continue
+        if not path.is_file():  # a FIFO would block status forever
+            notes.append(f"{path}: unreadable checkpoint (not a regular file)")
             continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

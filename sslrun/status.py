@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sslrun import run_folder
-from sslrun.errors import UserError
+from sslrun.errors import UserError, one_line
 
 
 def submitted_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
@@ -110,7 +110,8 @@ def status_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | job | state | step | epoch | val acc % | best val % | restarts | log | why |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['job_id'] or '-'} | {r['state']} | {_fmt(r['step'])} | {_fmt(r['epoch'])} | "
-                     f"{_fmt(r['val_acc'], True)} | {_fmt(r['best_val_acc'], True)} | {_fmt(r['restarts'])} | "
-                     f"{r['log'] or '-'} | {(r.get('damage') or '-').replace('|', '/')} |")
+        cells = [r['run'], r['job_id'] or '-', r['state'], _fmt(r['step']), _fmt(r['epoch']), _fmt(r['val_acc'], True),
+                 _fmt(r['best_val_acc'], True), _fmt(r['restarts']), r['log'] or '-', r.get('damage') or '-']
+        # A folder made by hand can be named `a\nb` or `a|b`: one run stays one row of the table.
+        lines.append("| " + " | ".join(one_line(str(c), 10_000).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)

@@ -23,6 +23,8 @@ The build runs in three steps, and only the last touches `out`:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -31,7 +33,9 @@ import operator
 import os
 import re
 import signal
+import stat
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ from sslrun.data.manifest import FORMAT, ShardEntry, file_sha256, wids_file, wid
 from sslrun.data.sample_index import entry_for, index_file, pack
 from sslrun.data.shard_writer import BLOCK, END_OF_ARCHIVE, TarShard, member_size
 from sslrun.errors import UserError, write_error
+from sslrun.text import bad_char, shown
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +119,15 @@ class _Scan:
             except UnicodeEncodeError:  # os gives undecodable bytes as surrogates
                 raise UserError(f"input {os.fsencode(e.path)!r}: file name is not UTF-8 "
                                 "(sample ids must be text; rename it, e.g. with convmv)") from None
-            (dirs if e.is_dir() else files).append(e)
+            bad = bad_char(e.name)
+            if bad is not None:  # a newline in an id is a new row of the submission CSV
+                raise UserError(f"input {e.path!r}: file name contains '{shown(bad)}' (sample ids and class "
+                                "names must be printable text on one line; rename it)")
+            try:
+                is_dir = e.is_dir()
+            except OSError:  # a symlink loop: not a folder; rejected with its reason when read
+                is_dir = False
+            (dirs if is_dir else files).append(e)
         return dirs, files
 
     def files(self, folder: Path) -> list[tuple[str, int, int]]:
@@ -185,7 +198,7 @@ class _Keys:
                 stem = name
             fid = stem if cls is None else f"{cls}/{stem}"
             key = stem if prefix is None else prefix + stem
-            if (fid in ids or key in keys or len(key) > MAX_KEY or not key.isascii()
+            if (not fid.isascii() or fid in ids or key in keys or len(key) > MAX_KEY or not key.isascii()
                     or not key.replace("_", "a").replace("-", "a").isalnum()):
                 out.append((path, *self.key(path, cls), order, size))  # the careful path
                 continue
@@ -198,11 +211,16 @@ class _Keys:
         """(id to store as `<key>.id`, or None when not needed; key)."""
         stem = _file_id(path)
         fid = stem if cls is None else f"{cls}/{stem}"
-        if fid in self.ids:
-            raise UserError(
-                f"two {self.what} files have the id '{fid}': {self.ids[fid]} and {path} (ids must be unique)"
-            )
-        self.ids[fid] = path
+        # `é` typed on macOS (NFD) and on Linux (NFC) are two names that print the same: as ids
+        # they would be two rows no one can tell apart, so they count as one id.
+        same = unicodedata.normalize("NFC", fid)
+        if same in self.ids:
+            first = self.ids[same]
+            why = "" if _file_id(first) == stem else "; the names differ only in Unicode normalization"
+            if why:  # show the code points: the two names print the same
+                first, path = ascii(first), ascii(path)
+            raise UserError(f"two {self.what} files have the id '{fid}': {first} and {path} (ids must be unique{why})")
+        self.ids[same] = path
         base = stem if cls is None else f"{cls}_{stem}"
         key = _safe(base)[:MAX_KEY] or "_"
         if key in self.keys:
@@ -621,6 +639,54 @@ def _check_out_apart(out: Path, inputs: dict[str, Any]) -> None:
                             "outside the input folders, and not contain them")
 
 
+def _check_inputs_apart(inputs: dict[str, Any]) -> None:
+    """Two input folders that are one, or one inside the other, would put the same images in two
+    splits (test images trained on, labeled images counted twice): refused, through symlinks.
+    To train on labeled images also as unlabeled ones, use --labels-per-class."""
+    given = [(flag, Path(folder), Path(folder).resolve()) for flag, folder in inputs.items() if folder is not None]
+    for i, (flag, folder, f) in enumerate(given):
+        for flag2, folder2, g in given[i + 1:]:
+            if f == g or f in g.parents or g in f.parents:
+                raise UserError(f"{flag} {folder} and {flag2} {folder2} overlap: the same images would be in two "
+                                "splits; give separate folders")
+
+
+def _check_out_path(out: Path) -> None:
+    """The cheap --out mistakes, before the inputs are scanned: a file, a name too long, a
+    parent that is a file."""
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UserError(f"--out {out}: {err.strerror or err}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"--out {out} exists and is not a folder")
+
+
+def _lock_out(out: Path) -> int:
+    """Make `out` and hold an exclusive lock on it for the whole build: a second build into the
+    same folder (two terminals, a job array) would remove the first one's temporary shards and mix
+    two sets' files. The lock is the folder's own (flock on its descriptor): nothing is added to
+    a folder the user gave, and it goes away with the process, however it ends."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # a file system without flock (some NFS mounts): build unlocked, as before the lock
+            log.warning("--out %s: cannot lock (%s); do not start a second build into it", out, err.strerror)
+            return fd
+        os.close(fd)
+        raise UserError(f"--out {out} is being written by another build right now; wait for it to end "
+                        "(then rerun to resume it) or choose another --out") from None
+    return fd
+
+
 def _remove_tmp(out: Path) -> None:
     """Remove temporary files a crashed or interrupted build left (never a final name)."""
     if not out.is_dir():
@@ -634,19 +700,14 @@ def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
     """Make `out` ready; return the finished manifest if this very build is already there."""
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("build", {}).get("plan_sha256") == plan.digest:
+        old = _json_object(manifest_path)
+        build = old.get("build")
+        if isinstance(build, dict) and build.get("plan_sha256") == plan.digest:
             return old
         raise UserError(f"{out} already holds a different shard set; choose another --out")
     plan_path = out / PLAN_FILE
     if plan_path.is_file():
-        try:
-            old_digest = json.loads(plan_path.read_text()).get("plan_sha256")
-        except (OSError, ValueError):
-            old_digest = None
+        old_digest = _json_object(plan_path).get("plan_sha256")
         if old_digest != plan.digest:
             raise UserError(
                 f"{out} holds an unfinished build of other inputs or parameters; "
@@ -654,17 +715,20 @@ def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
             )
         _remove_tmp(out)
         return None
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a folder")
-        if any(out.iterdir()):
-            raise UserError(f"--out {out} is not empty; choose a new folder (nothing is deleted to make room)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
+    if any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; choose a new folder (nothing is deleted to make room)")
     write_atomic(plan_path, json.dumps({"plan_sha256": plan.digest, "params": plan.params}, indent=1).encode())
     return None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file found in --out, or {} when it is anything else (unreadable, not JSON,
+    a list): such a file is not this build's, and the caller says so."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, dict[str, Any]]:
@@ -674,14 +738,15 @@ def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, di
         return {}
     wanted = {t.file for t in tasks}
     done: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted or "index" not in rec:
-            continue
-        rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
+            if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted or "index" not in rec:
+                continue
+            rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
+            int(rec["entry"]["bytes"]), str(rec["entry"]["sha256"])
+        except (ValueError, RecursionError, AttributeError, KeyError, TypeError):
+            continue  # a line cut by a crash, or not ours: that shard is written again
         done[rec["entry"]["file"]] = rec
     good = {}
     for file, rec in done.items():
@@ -767,7 +832,10 @@ def build_shards(
     """
     _check_args(labeled, val_per_class, val_fraction, labels_per_class, shard_samples, shard_bytes, workers, max_side)
     out = Path(out)
-    _check_out_apart(out, {"--labeled": labeled, "--unlabeled": unlabeled, "--test": test})
+    inputs = {"--labeled": labeled, "--unlabeled": unlabeled, "--test": test}
+    _check_out_apart(out, inputs)
+    _check_inputs_apart(inputs)
+    _check_out_path(out)
     t0 = time.monotonic()
     plan = make_plan(
         Path(labeled),
@@ -783,6 +851,16 @@ def build_shards(
     )
     n_total = sum(len(s) for shards in plan.splits.values() for s in shards)
     log.info("planned %d samples in %d shards (%.1f s)", n_total, sum(map(len, plan.splits.values())), time.monotonic() - t0)
+    lock = _lock_out(out)
+    try:
+        return _build_locked(out, plan, workers, progress, max_side, n_total)
+    finally:
+        os.close(lock)
+
+
+def _build_locked(out: Path, plan: Plan, workers: int, progress: bool, max_side: int | None,
+                  n_total: int) -> dict:
+    """build_shards' writing part, with `out` locked against a second build."""
     finished = _prepare_out(out, plan)
     if finished is not None:
         (out / PLAN_FILE).unlink(missing_ok=True)

@@ -149,7 +149,7 @@ def read_manifest(root: str | Path) -> Manifest:
         raise UserError(f"{path} not found: {root} is not a shard set (build one with shards/build.py)")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8, not JSON
         raise UserError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object")

@@ -65,6 +65,8 @@ def verify_shards(root: str | Path, decode: bool = True) -> list[str]:
             path = root / entry.file
             where = f"{split.name}/{entry.file}"
             try:
+                if not path.is_file():  # a link to /dev/zero or a FIFO would be read forever
+                    raise OSError(0, "not a regular file")
                 raw = path.read_bytes()
             except OSError as err:
                 problems.append(f"{where}: cannot read ({err.strerror or err})")

@@ -21,8 +21,11 @@ def user_defaults() -> dict:
     """Cluster defaults from $SSLRUN_SUBMIT_CONFIG or ~/.config/sslrun/submit.yaml (keys: --option names)."""
     from sslrun.yaml_file import read_yaml_mapping
 
-    path = Path(os.environ.get("SSLRUN_SUBMIT_CONFIG", "~/.config/sslrun/submit.yaml")).expanduser()
+    given = os.environ.get("SSLRUN_SUBMIT_CONFIG", "")
+    path = Path(given or "~/.config/sslrun/submit.yaml").expanduser()
     if not path.exists():
+        if given:  # a file named on purpose and missing is a typo, not "no defaults"
+            raise UserError(f"$SSLRUN_SUBMIT_CONFIG={given}: no such file")
         return {}
     raw = read_yaml_mapping(path, "a mapping such as 'partition: gpu'", empty_ok=True)
     return {k.replace("-", "_"): v for k, v in raw.items()}

@@ -16,13 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # key=value overrides anywhere, before or after --config
 
     from sslrun.config import load_config, make_config, parse_overrides
-    from sslrun.engine import Interrupted, run
 
     overrides = parse_overrides(args.overrides)
     if args.config:
         base = load_config(args.config).to_dict()  # extra.* included: a run's config.yaml rebuilds it
         overrides = {**base, **overrides}
     cfg = make_config(overrides)
+    from sslrun.engine import Interrupted, run  # torch and timm (seconds): after the table's checks
+
     try:
         result = run(cfg)
     except Interrupted as stop:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 
 from sslrun.errors import UserError
+from sslrun.text import bad_char, shown
 
 MAX_CHARS = 200
 _TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_]+)|(.))")
@@ -138,6 +139,9 @@ def _evaluate(node: Node, env: dict[str, float]) -> float:
 def parse_threshold(text: str) -> Callable[..., float]:
     """Return f(epoch, step=0) -> threshold; a UserError names the bad part of `threshold=`."""
     text = str(text).strip()
+    bad = bad_char(text)
+    if bad is not None:  # the message quotes the text: it must stay one line
+        raise UserError(f"threshold: contains the control character '{shown(bad)}'; {_HINT}")
     if not text:
         raise UserError(f"threshold=: empty; {_HINT}")
     if len(text) > MAX_CHARS:
