@@ -51,7 +51,8 @@ def test_bad_input_is_one_line_and_exit_2(small_sweep, tmp_path):
         for i in range(3):
             (tmp_path / "tree" / c).mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "tree" / c / f"{c}{i}.png")
-    build_shards(tmp_path / "other", labeled=tmp_path / "tree", test=tmp_path / "tree")
+    shutil.copytree(tmp_path / "tree", tmp_path / "tree-test")  # overlapping inputs are refused
+    build_shards(tmp_path / "other", labeled=tmp_path / "tree", test=tmp_path / "tree-test")
     good = small_sweep / "seed=42"
     other_data = tmp_path / "other-data-run"
     shutil.copytree(good, other_data)
