@@ -1,7 +1,14 @@
-"""Benchmark shards/build.py against GNU tar over the same image tree, warm and cold.
+"""Benchmark shards/build.py against GNU tar over the same image tree, warm and cold; or,
+with --startup, what a training start pays to index a built shard set.
 
     python bench/shards.py TREE --work /tmp/shards-bench [--labels-per-class 25] [-j 2]
         [--repeat 3] [--modes warm,cold] [--shard-samples 10000]
+    python bench/shards.py --startup SHARDSET [--repeat 3] [--modes warm,cold]
+
+--startup times samples.load_split over every split of SHARDSET, read from the sample
+index the build wrote against scanning every tar header (samples.scan_split, what every
+rank did at every start before the index), in one run, medians over the repeats; "cold"
+evicts the shards and index files from the page cache before each try.
 
 TREE holds `train/<class>/<images>` (e.g. the CIFAR-10 JPEG tree or one made by
 bench/make_synthetic_tree.py). Each repeat runs `tar cf` and the builder one after the other
@@ -64,16 +71,50 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def startup(root: Path, repeat: int, modes: list[str]) -> None:
+    """Seconds to index every split of the shard set at `root`: sample index vs tar scan."""
+    sys.path.insert(0, str(REPO))
+    from sslrun.data.manifest import read_manifest
+    from sslrun.data.samples import load_split, scan_split
+
+    m = read_manifest(root)
+    if any(s.index is None for s in m.splits.values()):
+        sys.exit(f"{root} has no sample index: rerun its shards/build.py command first")
+    files = [str(p) for p in root.iterdir() if p.suffix in (".tar", ".npz")]
+    n = sum(s.count for s in m.splits.values())
+    print(f"shard set {root}: {n} samples in {sum(len(s.shards) for s in m.splits.values())} shards; "
+          f"index files {sum(root.joinpath(s.index.file).stat().st_size for s in m.splits.values()) / 1e6:.1f} MB; "
+          f"load {os.getloadavg()[0]:.1f}")
+    for mode in modes:
+        times: dict[str, list[float]] = {"index": [], "scan": []}
+        for rep in range(repeat):
+            for name, load in (("index", load_split), ("scan", scan_split)):
+                (evict if mode == "cold" else warm)(files)
+                t0 = time.perf_counter()
+                for split in m.splits:
+                    load(m, split)
+                times[name].append(time.perf_counter() - t0)
+                print(f"  {mode} #{rep + 1} {name:5s} {times[name][-1]:7.3f} s  (load {os.getloadavg()[0]:.1f})", flush=True)
+        ti, ts = statistics.median(times["index"]), statistics.median(times["scan"])
+        print(f"{mode}: index {ti:.3f} s, scan {ts:.3f} s, scan/index {ts / ti:.0f}x (medians of {repeat})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("tree", type=Path)
-    p.add_argument("--work", type=Path, required=True, help="scratch folder for outputs (made, then emptied)")
+    p.add_argument("tree", type=Path, nargs="?")
+    p.add_argument("--startup", type=Path, metavar="SHARDSET", help="time the start-up indexing of a built shard set")
+    p.add_argument("--work", type=Path, help="scratch folder for outputs (made, then emptied)")
     p.add_argument("--labels-per-class", type=int, default=25)
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--modes", default="warm,cold")
     p.add_argument("--shard-samples", type=int, default=10000)
     a = p.parse_args()
+    if a.startup is not None:
+        startup(a.startup, a.repeat, a.modes.split(","))
+        return
+    if a.tree is None or a.work is None:
+        p.error("give TREE and --work (or --startup SHARDSET)")
     files = _files(a.tree)
     n = len(files)
     in_bytes = sum(os.path.getsize(f) for f in files)

@@ -7,7 +7,11 @@
 Prints one line per figure (medians over --repeats, the two sides interleaved so that the
 load of a shared machine hits both alike):
 - P2: loader samples/s / the same decode + fit + views applied to in-memory bytes by the same
-  number of processes (what the plumbing costs: pread, IPC, collate);
+  number of processes (what the plumbing costs: pread, IPC, collate); with `--wids` also the
+  same loader reading each sample through `wids.ShardListDataset` over the set's
+  `<split>.wids.json` instead of by offset (all three sides alternated in one run), and what
+  opening each split costs a process through wids (it scans every tar header of a shard the
+  first time a process touches it) against reading the sample index;
 - P3: one FixMatch step (normalise, forward of x + weak + strong, loss, backward, SGD) / a bare
   forward + backward + SGD of the model on as many pre-normalised images;
 - P4: training steps/s fed by the real loader / fed by pre-made batches in memory (how much
@@ -35,7 +39,8 @@ from torch.nn import functional as F
 
 from sslrun.config import Config
 from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader, mix_seed
-from sslrun.data.samples import SplitSamples
+from sslrun.data.manifest import IMAGE_EXTS, wids_file
+from sslrun.data.samples import SplitSamples, load_split
 from sslrun.data.transforms import decode, fit
 from sslrun.engine import Trainer, seed_step
 from sslrun.evaluate import labeling_pass
@@ -72,7 +77,72 @@ def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
     return lo_hi[1] - lo_hi[0], time.perf_counter() - t0
 
 
-def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
+def _identity(url: str) -> str:
+    """wids' `localname`: read local shards where they are (its default copies each one into
+    /tmp/_wids_cache first)."""
+    return url
+
+
+class WidsImages(ShardImages):
+    """ShardImages reading each sample's image through wids (by the split's wids shard index),
+    not by the offset in the sample index; the rest (decode, views, seeds) is the same code."""
+
+    def __init__(self, base: ShardImages, root: Path) -> None:
+        super().__init__(base.splits, base.size, base.views)
+        self.root = root
+        self._wids: dict[int, object] = {}
+        self._wids_pid = os.getpid()
+
+    def open(self, split_id: int):
+        import wids
+
+        if self._wids_pid != os.getpid():
+            self._wids, self._wids_pid = {}, os.getpid()
+        ds = self._wids.get(split_id)
+        if ds is None:
+            n_shards = len(self.splits[split_id].shards)
+            ds = self._wids[split_id] = wids.ShardListDataset(
+                str(self.root / wids_file(self.splits[split_id].name)), transformations=[], localname=_identity,
+                lru_size=max(10, n_shards))
+        return ds
+
+    def read(self, split_id: int, index: int) -> bytes:
+        sample = self.open(split_id)[index]
+        for ext in IMAGE_EXTS:
+            v = sample.get("." + ext)
+            if v is not None:
+                return v.read() if hasattr(v, "read") else v
+        raise KeyError(f"no image in wids sample {sample['__key__']}")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_wids"] = {}
+        return state
+
+
+def _open_costs(ds: ShardImages, root: Path, manifest) -> str:
+    """Seconds for one process to be ready to read every sample of each split: wids (open
+    every shard: its header scan) against the sample index (load_split)."""
+    import contextlib
+    import io
+
+    out = []
+    for sid, s in enumerate(ds.splits):
+        t0 = time.perf_counter()
+        load_split(manifest, s.name)
+        t_index = time.perf_counter() - t0
+        w = WidsImages(ds, root)
+        t0 = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):  # wids prints a line per dataset
+            wd = w.open(sid)
+            for k in range(len(s.shards)):  # one sample of each shard opens (and scans) it
+                wd[int(sum(wd.lengths[:k]))]
+        out.append(f"{s.name} ({len(s)} samples, {len(s.shards)} shards): wids {time.perf_counter() - t0:.3f} s, "
+                   f"index {t_index:.3f} s")
+    return "; ".join(out)
+
+
+def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = False) -> None:
     global _REF
     it_loader = tr._loader(0)  # builds the dataset and sampler exactly as training does
     ds: ShardImages = it_loader._dataset
@@ -83,9 +153,10 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
     _REF = (ds, [(it, bytearray(ds.read(it[1], it[2]))) for it in items])
     procs = max(1, workers)
 
-    def loader_rate() -> float:
+    def loader_rate(dataset: ShardImages = ds) -> float:
         n, t0 = 0, None
-        for k, batch in enumerate(make_loader(ds, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps), workers, False)):
+        for k, batch in enumerate(make_loader(dataset, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps),
+                                              workers, False)):
             if k == 0:  # start the clock at the first batch: worker start-up is not throughput
                 t0 = time.perf_counter()
                 continue
@@ -100,9 +171,27 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int) -> None:
             res = pool.map(_ref_chunk, chunks, chunksize=1)
         return sum(n for n, _ in res) / max(s for _, s in res)
 
-    r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
-    print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
-          f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+    if not with_wids:
+        r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
+        print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
+              f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+        return
+    root = Path(tr.cfg.data)
+    wds_ds = WidsImages(ds, root)
+    for (_, sid, idx, _, _), raw in _REF[1][:50]:  # the same bytes by both roads
+        assert wds_ds.read(sid, idx) == bytes(raw), (sid, idx)
+    print(f"P2 open cost per process: {_open_costs(ds, root, tr.manifest)}", flush=True)
+    own, wid, ref = [], [], []
+    sides = [(lambda: loader_rate(), own), (lambda: loader_rate(wds_ds), wid), (ref_rate, ref)]
+    for r in range(repeats):
+        for f, out in sides[r % 3:] + sides[:r % 3]:
+            out.append(f())
+    med = statistics.median
+    print(f"P2 own reader loader/in-process = {med(a / c for a, c in zip(own, ref)):.3f}, "
+          f"wids reader loader/in-process = {med(b / c for b, c in zip(wid, ref)):.3f}, wids/own = "
+          f"{med(b / a for a, b in zip(own, wid)):.3f}  (own {med(own):.0f}, wids {med(wid):.0f}, in-process "
+          f"{med(ref):.0f} samples/s; {workers} workers, {procs} processes; {steps} steps of {len(items) // steps} "
+          f"samples; medians of {repeats})", flush=True)
 
 
 # --- P3 / P4 ----------------------------------------------------------------------------------
@@ -220,6 +309,7 @@ def main() -> None:
     p.add_argument("--amp", default="off")  # the engine's CPU default; bf16 was 8-20x slower at 32 px here
     p.add_argument("--label-samples", type=int, default=3000)
     p.add_argument("--only", default="P2,P3,P4,L")
+    p.add_argument("--wids", action="store_true", help="P2 also through a wids-backed reader, side by side")
     a = p.parse_args()
     root = Path(os.environ.get("TMPDIR", "/tmp")) / "sslrun-bench-throughput"
     cfg = Config(data=str(a.shards), root=str(root), sweep="b", name="b", model=a.model, image_size=a.size,
@@ -231,7 +321,7 @@ def main() -> None:
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     only = set(a.only.split(","))
     if "P2" in only:
-        p2(tr, tr.workers, a.loader_steps, a.repeats)
+        p2(tr, tr.workers, a.loader_steps, a.repeats, a.wids)
     if only & {"P3", "P4"}:
         p3_p4(tr, a.steps, a.repeats)
     if "L" in only:

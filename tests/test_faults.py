@@ -268,7 +268,8 @@ def test_decompression_bomb_is_refused_in_the_training_data_path(tmp_path, side)
     from sslrun.data.loader import ShardImages
     from sslrun.data.manifest import FORMAT, read_manifest
     from sslrun.data.samples import load_split
-    from sslrun.data.shard_writer import ShardWriter, write_atomic
+    from shard_tools import ShardWriter
+    from sslrun.atomic import write_atomic
     from sslrun.data.transforms import make_transform
 
     bomb = _png_header_only(side, side)  # 100 M or 1.6 G pixels: 0.3 or 4.8 GB as RGB

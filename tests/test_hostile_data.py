@@ -21,7 +21,7 @@ from PIL import Image
 
 from sslrun.data.manifest import read_manifest
 from sslrun.data.samples import load_split
-from sslrun.data.shard_writer import tar_member
+from shard_tools import tar_member
 from sslrun.data.transforms import decode
 from sslrun.data.verify import verify_shards
 from sslrun.errors import UserError

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shard_tools import ShardWriter, shard_paths, tar_member
 from sslrun.data import build as build_mod
 from sslrun.data.build import build_shards, parse_size
 from sslrun.data.manifest import read_manifest
-from sslrun.data.shard_writer import ShardWriter, tar_member
 from sslrun.data.verify import verify_shards
 from sslrun.errors import UserError
 
@@ -69,21 +69,21 @@ def test_build_manifest_counts_and_webdataset_reads(tmp_path: Path) -> None:
     man = read_manifest(out)  # the project's reader accepts it
     assert man.split("unlabeled").has_hidden_labels
     # webdataset sees exactly the planned samples, labels only in labeled splits
-    train = _read_wds(man.shard_paths("train"))
+    train = _read_wds(shard_paths(man, "train"))
     assert len(train) == 12 and all(set(x) >= {"__key__", "png", "cls"} for x in train)
     assert sorted(int(x["cls"]) for x in train) == [0] * 4 + [1] * 4 + [2] * 4
     for x in train:  # the class in the shard is the folder it came from
         assert x["__key__"].split("_")[0] == CLASSES[int(x["cls"])]
         cls, stem = x["__key__"].split("_")
         assert x["png"] == (tree / "train" / cls / f"{stem}.png").read_bytes() and "id" not in x
-    unl = _read_wds(man.shard_paths("unlabeled"))
+    unl = _read_wds(shard_paths(man, "unlabeled"))
     assert len(unl) == 18 and not any("cls" in x for x in unl)
     hidden = [h for e in man.split("unlabeled").shards for h in e.hidden_labels]
     assert [CLASSES.index(x["__key__"].split("_")[0]) for x in unl] == hidden
-    test = _read_wds(man.shard_paths("test"))
+    test = _read_wds(shard_paths(man, "test"))
     assert sorted(x["__key__"] for x in test) == sorted(p.stem for p in (tree / "test").iterdir())
     assert not any("id" in x or "cls" in x for x in test)
-    all_keys = [x["__key__"] for x in train + unl + _read_wds(man.shard_paths("val"))]
+    all_keys = [x["__key__"] for x in train + unl + _read_wds(shard_paths(man, "val"))]
     assert len(set(all_keys)) == 36
     info = json.loads((out / "_info.json").read_text())
     assert info["splits"]["unlabeled"]["shard_lengths"] == [7, 7, 4]
@@ -190,12 +190,12 @@ def test_bad_files_rejected_or_accepted(tmp_path: Path, monkeypatch: pytest.Monk
     assert m["rejects"] == {"count": 6, "file": "rejects.tsv"}
     assert m["splits"]["train"]["count"] == 11 and m["splits"]["train"]["per_class"] == [5, 6]
     monkeypatch.undo()
-    samples = _read_wds(read_manifest(out).shard_paths("train"))
+    samples = _read_wds(shard_paths(read_manifest(out), "train"))
     exts = sorted(next(k for k in x if k in ("jpg", "png", "webp", "gif")) for x in samples)
     assert exts == ["gif", "jpg", "jpg", "jpg", "jpg", "png", "png", "png", "png", "png", "webp"]
     import webdataset as wds
 
-    ds = wds.WebDataset([str(p) for p in read_manifest(out).shard_paths("train")], shardshuffle=False).decode("pil")
+    ds = wds.WebDataset([str(p) for p in shard_paths(read_manifest(out), "train")], shardshuffle=False).decode("pil")
     assert all(next(v for k, v in x.items() if k in ("jpg", "png", "webp", "gif")).convert("RGB").mode == "RGB"
                for x in ds)
     assert verify_shards(out) == []  # odd modes (CMYK, L, RGBA, P) decode to RGB
@@ -360,14 +360,14 @@ def test_max_side_shard_bytes_ids_and_unlabeled_folder(tmp_path: Path) -> None:
                      shard_bytes=12 * 1024)
     assert all(s["bytes"] <= 12 * 1024 for sp in m["splits"].values() for s in sp["shards"])
     man = read_manifest(out)
-    train = {x["__key__"]: x for x in _read_wds(man.shard_paths("train"))}
-    unl = {x["__key__"]: x for x in _read_wds(man.shard_paths("unlabeled"))}
+    train = {x["__key__"]: x for x in _read_wds(shard_paths(man, "train"))}
+    unl = {x["__key__"]: x for x in _read_wds(shard_paths(man, "unlabeled"))}
     assert len(train) == 9 and len(unl) == 7 + 5  # 16 labeled files, 3 per class kept
     big = train.get("dog_big") or unl["dog_big"]
     assert Image.open(io.BytesIO(big["jpg"])).size == (16, 16)
     assert unl["odd_name_v2"]["id"] == b"odd.name v2"
     assert unl["u000"]["jpg"] == (tree / "unl" / "u000.jpg").read_bytes()  # raw bytes, untouched
-    hidden = {x["__key__"]: h for e, shard in zip(man.split("unlabeled").shards, man.shard_paths("unlabeled"))
+    hidden = {x["__key__"]: h for e, shard in zip(man.split("unlabeled").shards, shard_paths(man, "unlabeled"))
               for x, h in zip(_read_wds([shard]), e.hidden_labels)}
     assert hidden["u000"] == -1 and hidden["odd_name_v2"] == -1  # true class unknown
     assert all(hidden[k] == CLASSES.index(k.split("_")[0]) for k in hidden if not k.startswith(("u0", "odd")))

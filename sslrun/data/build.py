@@ -15,8 +15,10 @@ The build runs in three steps, and only the last touches `out`:
    cheaply, and writes the samples in the planned (shuffled) order to a temporary file that
    is renamed when complete. A journal in `out` records every finished shard with its
    sha256; a rerun skips shards whose file still has that sha256. Bad files are skipped and
-   listed in `rejects.tsv`. `_info.json` and `manifest.json` are written last, atomically;
-   `manifest.json` is the mark of a finished build.
+   listed in `rejects.tsv`. Each shard records where its samples' images lie as it writes
+   them; the per-split sample indexes (`<split>.index.npz`, sample_index.py), `_info.json`
+   and `manifest.json` are written last, atomically; `manifest.json` is the mark of a
+   finished build.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sslrun.atomic import TMP_SUFFIX, write_atomic
 from sslrun.data.images import BadImage, check_image, shrink
-from sslrun.data.manifest import FORMAT, ShardEntry, wids_file, wids_index
-from sslrun.data.shard_writer import END_OF_ARCHIVE, TMP_SUFFIX, TarShard, member_size, write_atomic
+from sslrun.data.manifest import FORMAT, ShardEntry, file_sha256, wids_file, wids_index
+from sslrun.data.sample_index import entry_for, index_file, pack
+from sslrun.data.shard_writer import BLOCK, END_OF_ARCHIVE, TarShard, member_size
 from sslrun.errors import UserError, write_error
 
 log = logging.getLogger(__name__)
@@ -522,11 +526,16 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     try:
         hidden: list[int] | None = [] if task.sources and task.sources[0].hidden is not None else None
         per_class: dict[int, int] = {}
+        index: dict[str, list] = {"offset": [], "size": [], "label": [], "id": []}  # the split's sample index
         add = shard.add
         for s in task.sources:
             got = data.pop(s.key, None)
             if got is None:
                 continue
+            index["offset"].append(shard.bytes + BLOCK)  # the image is the sample's first member
+            index["size"].append(len(got[1]))
+            index["label"].append(-1 if s.label is None else s.label)
+            index["id"].append(s.key if s.id is None else s.id)
             members = {got[0]: got[1]}
             if s.label is not None:
                 members["cls"] = b"%d" % s.label
@@ -546,7 +555,50 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
         raise
     e = {"file": entry.file, "count": entry.count, "bytes": entry.bytes, "sha256": entry.sha256,
          "hidden_labels": entry.hidden_labels}
-    return {"entry": e, "rejects": rejects, "per_class": per_class, "split": task.split}
+    return {"entry": e, "rejects": rejects, "per_class": per_class, "split": task.split, "index": index}
+
+
+def _split_index(name: str, tasks: list[ShardTask], results: dict[str, dict[str, Any]]) -> bytes:
+    """The sample index file of split `name`, from what write_shard recorded while writing."""
+    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "size", "label", "hidden")}
+    ids: list[str] = []
+    for si, t in enumerate(t for t in tasks if t.split == name):
+        res = results[t.file]
+        rec, n = res["index"], res["entry"]["count"]
+        cols["shard"] += [si] * n
+        cols["offset"] += rec["offset"]
+        cols["size"] += rec["size"]
+        cols["label"] += rec["label"]
+        hidden = res["entry"]["hidden_labels"]
+        cols["hidden"] += [-1] * n if hidden is None else hidden
+        ids += rec["id"]
+    return pack({k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}, ids)
+
+
+def _add_missing_indexes(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A finished set from before the sample index: scan its shards once, write the indexes and
+    the manifest with them (rerunning the build command upgrades the set in place)."""
+    from sslrun.data.manifest import read_manifest
+    from sslrun.data.samples import scan_split
+
+    m = read_manifest(out)
+    for name, info in manifest["splits"].items():
+        if "index" in info:
+            continue
+        sp = scan_split(m, name)
+        data = pack({"shard": sp.shard, "offset": sp.offset, "size": sp.size, "label": sp.label,
+                     "hidden": sp.hidden}, sp.ids)
+        write_atomic(out / index_file(name), data)
+        manifest["splits"][name] = _with_index(info, entry_for(index_file(name), data))
+    write_atomic(out / "manifest.json", _dumps(manifest))
+    log.info("%s: added the sample index of each split", out)
+    return manifest
+
+
+def _with_index(info: dict[str, Any], index: dict[str, Any]) -> dict[str, Any]:
+    """A split's manifest object with `index` placed before the long shard list."""
+    out = {k: v for k, v in info.items() if k not in ("shards", "index")}
+    return {**out, "index": index, "shards": info["shards"]}
 
 
 # ---------------------------------------------------------------------------- the build
@@ -610,14 +662,6 @@ def _remove_tmp(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _prepare_out(out: Path, plan: Plan) -> dict[str, Any] | None:
     """Make `out` ready; return the finished manifest if this very build is already there."""
     manifest_path = out / "manifest.json"
@@ -667,14 +711,14 @@ def _load_journal(out: Path, plan: Plan, tasks: list[ShardTask]) -> dict[str, di
             rec = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash
-        if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted:
+        if rec.get("plan") != plan.digest or rec["entry"]["file"] not in wanted or "index" not in rec:
             continue
         rec["per_class"] = {int(k): v for k, v in rec["per_class"].items()}
         done[rec["entry"]["file"]] = rec
     good = {}
     for file, rec in done.items():
         p = out / file
-        if p.is_file() and p.stat().st_size == rec["entry"]["bytes"] and _file_sha256(p) == rec["entry"]["sha256"]:
+        if p.is_file() and p.stat().st_size == rec["entry"]["bytes"] and file_sha256(p) == rec["entry"]["sha256"]:
             good[file] = rec
         else:
             log.warning("shard %s differs from the journal: writing it again", file)
@@ -775,9 +819,11 @@ def build_shards(
     log.info("planned %d samples in %d shards (%.1f s)", n_total, sum(map(len, plan.splits.values())), time.monotonic() - t0)
     finished = _prepare_out(out, plan)
     if finished is not None:
-        log.info("%s already holds this build; nothing to do", out)
         (out / PLAN_FILE).unlink(missing_ok=True)
         (out / JOURNAL_FILE).unlink(missing_ok=True)
+        if any("index" not in info for info in finished["splits"].values()):
+            return _add_missing_indexes(out, finished)
+        log.info("%s already holds this build; nothing to do", out)
         return finished
     tasks = plan.tasks(out, max_side)
     results = _load_journal(out, plan, tasks)
@@ -807,6 +853,9 @@ def build_shards(
         write_atomic(out / "_info.json", _dumps(_timm_info(manifest)))
         for name, split in manifest["splits"].items():
             write_atomic(out / wids_file(name), _dumps(wids_index(name, split["shards"])))
+            data = _split_index(name, tasks, results)
+            write_atomic(out / index_file(name), data)
+            manifest["splits"][name] = _with_index(split, entry_for(index_file(name), data))
         write_atomic(out / "manifest.json", _dumps(manifest))
     except OSError as err:  # a full disk: finished shards stay (journal), partial ones are gone
         raise write_error(err.filename or out, err, "finished shards are kept: free space and rerun the same "

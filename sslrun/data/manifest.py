@@ -28,17 +28,22 @@ manifest.json:
     "train": {"count": 720, "labeled": true, "per_class": [15, ...],
               "shards": [{"file": "train-000000.tar", "count": 720, "bytes": 1234,
                           "sha256": "..."}]},
-    "unlabeled": {"count": 300000, "labeled": false, "hidden_labels": false, "shards": [...]},
+    "unlabeled": {"count": 300000, "labeled": false, "hidden_labels": false,
+                  "index": {"file": "unlabeled.index.npz", "bytes": 10800000, "sha256": "..."},
+                  "shards": [...]},
     ...
   },
   "rejects": {"count": 0, "file": "rejects.tsv"},
   (and beside it, one wids shard index per split, `<split>.wids.json`: see wids_index)
+  (`index`: the split's sample index, `<split>.index.npz`, read at start instead of scanning
+   the tar headers: see sample_index.py; absent in sets built before it, which still load)
   "build": {... the parameters of the build ...}
 }
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +66,22 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    """A split's sample index file (see sample_index.py): name, size and sha256."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SplitInfo:
     name: str
     count: int
     labeled: bool
     shards: list[ShardEntry]
     per_class: list[int] | None = None
+    index: IndexEntry | None = None  # None in shard sets built before the index existed
 
     @property
     def has_hidden_labels(self) -> bool:
@@ -90,8 +105,14 @@ class Manifest:
             raise UserError(f"{self.root / 'manifest.json'}: no '{name}' split (has: {have})")
         return self.splits[name]
 
-    def shard_paths(self, name: str) -> list[Path]:
-        return [self.root / s.file for s in self.split(name).shards]
+
+def file_sha256(path: Path) -> str:
+    """The sha256 the manifest records for a file (shards, sample indexes), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def wids_file(split: str) -> str:
@@ -171,7 +192,15 @@ def read_manifest(root: str | Path) -> Manifest:
             isinstance(per_class, list) and len(per_class) == len(classes) and all(type(n) is int for n in per_class)
         ):
             raise UserError(f"{where}: 'per_class' should be a list of {len(classes)} counts")
-        splits[name] = SplitInfo(name, count, bool(info.get("labeled", False)), shards, per_class)
+        index = None
+        if "index" in info:
+            iwhere = f"{where} index"
+            raw_index = _need(info, "index", dict, where)
+            ifile = _need(raw_index, "file", str, iwhere)
+            if "/" in ifile or ifile.startswith(".") or not ifile.endswith(".npz"):
+                raise UserError(f"{iwhere}: file {ifile!r} should be a plain name ending in .npz")
+            index = IndexEntry(ifile, _need(raw_index, "bytes", int, iwhere), _need(raw_index, "sha256", str, iwhere))
+        splits[name] = SplitInfo(name, count, bool(info.get("labeled", False)), shards, per_class, index)
     if "train" not in splits:
         raise UserError(f"{path}: no 'train' split")
     return Manifest(root, list(classes), splits, raw.get("build", {}))

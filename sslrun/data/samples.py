@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sslrun.data.manifest import IMAGE_EXTS, Manifest
+from sslrun.data.manifest import IMAGE_EXTS, Manifest, SplitInfo, file_sha256
+from sslrun.data.sample_index import unpack
 from sslrun.data.tar_index import Member, group_samples, parse_class, scan_tar
 from sslrun.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,11 +56,7 @@ def check_shards(manifest: Manifest, mode: str) -> str:
         if size != entry.bytes:
             raise UserError(f"shard {path}: {size} bytes, manifest says {entry.bytes} (damaged or replaced)")
         if full:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            if h.hexdigest() != entry.sha256:
+            if file_sha256(path) != entry.sha256:
                 raise UserError(f"shard {path}: sha256 differs from the manifest (damaged or replaced; "
                                 f"shards/verify.py {manifest.root} lists every problem)")
     return "full" if full else "size"
@@ -71,17 +70,46 @@ def _read_member(fd: int, path: Path, m: Member, what: str) -> bytes:
 
 
 def load_split(manifest: Manifest, split: str) -> SplitSamples:
-    """Index one split's shards; a shard whose sample count differs from the manifest is an error."""
+    """One split's samples: from its sample index (one small file, checked by size and sha256
+    against the manifest), or, in a shard set built before the index, by scanning every tar.
+    Every shard is checked to be present with its manifest size either way."""
     info = manifest.split(split)
-    shard_files: list[str] = []
-    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "size", "label", "hidden", "ids")}
-    for si, entry in enumerate(info.shards):
+    if info.index is None:
+        if manifest.root not in _warned:
+            _warned.add(manifest.root)
+            log.warning("%s has no sample index (built before it existed): scanning every tar header at start; "
+                        "rerun its shards/build.py command (or build it anew) to start faster", manifest.root)
+        return scan_split(manifest, split)
+    paths = _present(manifest, info)
+    cols, ids = unpack(manifest.root / info.index.file, info.index, info.count, [e.count for e in info.shards])
+    return SplitSamples(name=split, shards=paths, ids=ids, **cols)
+
+
+_warned: set[Path] = set()  # shard sets already named in the log as lacking an index
+
+
+def _present(manifest: Manifest, info: SplitInfo) -> list[str]:
+    """The split's shard paths, each checked to exist with its manifest size (a stat each)."""
+    paths = []
+    for entry in info.shards:
         path = manifest.root / entry.file
         if not path.is_file():
             raise UserError(f"shard {path} listed in {manifest.root / 'manifest.json'} is missing")
         if os.path.getsize(path) != entry.bytes:
             raise UserError(f"shard {path}: {os.path.getsize(path)} bytes, manifest says {entry.bytes} (damaged or replaced)")
-        shard_files.append(str(path))
+        paths.append(str(path))
+    return paths
+
+
+def scan_split(manifest: Manifest, split: str) -> SplitSamples:
+    """Index one split by scanning its shards' tar headers and reading every .cls / .id
+    member (what the build's sample index saves at start); a shard whose sample count
+    differs from the manifest is an error."""
+    info = manifest.split(split)
+    shard_files = _present(manifest, info)
+    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "size", "label", "hidden", "ids")}
+    for si, entry in enumerate(info.shards):
+        path = manifest.root / entry.file
         samples = group_samples(scan_tar(path), str(path))
         if len(samples) != entry.count:
             raise UserError(f"shard {path}: {len(samples)} samples, manifest says {entry.count}")

@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from sslrun.atomic import TMP_SUFFIX, fsync_dir, write_atomic  # noqa: F401  (build.py imports them from here)
+from sslrun.atomic import TMP_SUFFIX, fsync_dir
 from sslrun.data.manifest import ShardEntry
 
 BLOCK = 512
@@ -66,11 +65,6 @@ def _ustar_header(name: bytes, size: int) -> bytes:
     return b"".join(
         (name.ljust(100, b"\0"), _MID, size_field, _MTIME, b"%06o\0 " % chksum, _TAIL)
     )
-
-
-def tar_member(name: str, data: bytes) -> bytes:
-    """Header, data and zero padding to a whole block: one member as it lies in the tar."""
-    return _ustar_header(name.encode("ascii"), len(data)) + data + _ZEROS[: -len(data) % BLOCK]
 
 
 _ZEROS = b"\0" * BLOCK
@@ -150,79 +144,3 @@ class TarShard:
         if not self._f.closed:
             self._f.close()
         self.tmp.unlink(missing_ok=True)
-
-
-@dataclass
-class ShardWriter:
-    """Write samples into `<folder>/<prefix>-NNNNNN.tar`, rolling over by count or bytes.
-
-    A new shard starts when the current one holds `max_count` samples, or when adding the
-    next sample would take it past `max_bytes` (a single sample larger than `max_bytes`
-    still gets a shard of its own). Use as a context manager: on an exception the open
-    shard's temporary file is removed; `entries` lists the committed shards.
-    """
-
-    folder: Path
-    prefix: str
-    max_count: int = 10000
-    max_bytes: int | None = None
-    start_index: int = 0
-
-    def __post_init__(self) -> None:
-        self.folder = Path(self.folder)
-        self.index = self.start_index
-        self.entries: list[ShardEntry] = []
-        self._shard: TarShard | None = None
-        self._hidden: list[int] | None = None
-
-    def _open(self) -> TarShard:
-        self._shard = TarShard(self.folder / f"{self.prefix}-{self.index:06d}.tar")
-        self.index += 1
-        self._hidden = None
-        return self._shard
-
-    def write(self, key: str, members: dict[str, bytes], hidden_label: int | None = None) -> None:
-        """Add one sample; `hidden_label` (given for all samples or none) goes to the entry only."""
-        size = sum(member_size(len(d)) for d in members.values())
-        shard = self._shard
-        if shard is not None and (
-            shard.count >= self.max_count
-            or (self.max_bytes is not None and shard.count and shard.bytes + size + len(END_OF_ARCHIVE) > self.max_bytes)
-        ):
-            self._commit()
-            shard = None
-        if shard is None:
-            shard = self._open()
-        if hidden_label is not None:
-            if self._hidden is None:
-                if shard.count:
-                    raise ValueError("hidden_label given for some samples of a shard but not all")
-                self._hidden = []
-            self._hidden.append(hidden_label)
-        elif self._hidden is not None:
-            raise ValueError("hidden_label given for some samples of a shard but not all")
-        shard.add(key, members)
-
-    def _commit(self) -> None:
-        assert self._shard is not None
-        self.entries.append(self._shard.commit(self._hidden))
-        self._shard = None
-
-    def close(self) -> list[ShardEntry]:
-        if self._shard is not None:
-            self._commit()
-        return self.entries
-
-    def abort(self) -> None:
-        if self._shard is not None:
-            self._shard.abort()
-            self._shard = None
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
