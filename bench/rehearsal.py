@@ -6,9 +6,9 @@ A script, not a timed test. Steps, each a sub-command (run them in this order):
         challenge-shaped tree (train/<48 classes>/ 15 JPEGs each, unlabelled/ N loose images
         with id names, test/ loose) + truth CSVs, then its shard set (shards/build.py -j 2)
     python bench/rehearsal.py weights /tmp/rehearsal/weights.pt
-        resnet50 and vit_small_patch16_224 (at the rehearsal's 32 px) fitted for a few minutes
-        on the classes' pictures ("pretrained"), saved as one state_dict file, as an offline
-        compute node would get it from jobs/prefetch_weights.py --out
+        resnet50 and vit_small_patch16_224 (at the rehearsal's 32 px) with a head that is
+        confident on the classes' pictures ("pretrained"), saved as one state_dict file, as an
+        offline compute node would get it from jobs/prefetch_weights.py --out
     python bench/rehearsal.py settings [--subset hour|all]
         the sweep's runs: `hour` = every distinct setting once (seed 42), `all` = all 204
     python bench/rehearsal.py submit DATA --root R [--subset hour|all|seed=43 ...]
@@ -199,10 +199,12 @@ def _pretraining_set() -> tuple:
     return x, torch.tensor(ys)
 
 
-def pretrain(name: str, steps: int, threads: int) -> dict:
-    """A backbone fitted (AdamW, plain supervised) on the classes' pictures at 32 px, so that
-    pseudo-labeling has confident predictions in a run of a few steps, as with real pretrained
-    weights; random-init weights select nothing over 0.9 in six steps (tried)."""
+def pretrain(name: str, threads: int) -> dict:
+    """A backbone with a head that is confident on the classes' pictures at 32 px, as real
+    pretrained weights are on real data (random-init weights select nothing over 0.9 in a run
+    of six steps: tried). Cheap and deterministic, no SGD: the random-init backbone's BatchNorm
+    statistics are set to the pictures' (so training-mode steps barely move them), and the
+    head is a ridge regression on its features, scaled until most pictures are over 0.97."""
     import timm
     import torch
 
@@ -215,23 +217,35 @@ def pretrain(name: str, steps: int, threads: int) -> dict:
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255
     x, y = _pretraining_set()
     x = (x - mean) / std
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
     t0 = time.monotonic()
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            print(f"  {name} step {step} loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)", flush=True)
-    model.eval()
     with torch.no_grad():
-        p = torch.cat([model(x[i:i + 256]).softmax(1) for i in range(0, len(x), 256)])
-    conf, pred = p.max(1)
-    print(f"  {name}: train acc {(pred == y).float().mean():.3f}, confidence > 0.95 on {(conf > 0.95).float().mean():.3f}")
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the passes below
+        model.train()
+        for i in range(0, len(x), 256):
+            model(x[i:i + 256])
+        for m in bns:
+            m.momentum = 0.1
+        model.eval()
+        feats = torch.cat([model.forward_head(model.forward_features(x[i:i + 256]), pre_logits=True)
+                           for i in range(0, len(x), 256)]).double()
+        mu, sd = feats.mean(0), feats.std(0) + 1e-6
+        f = (feats - mu) / sd
+        target = torch.nn.functional.one_hot(y, CLASSES).double() - 1.0 / CLASSES
+        w = torch.linalg.solve(f.T @ f + 10.0 * torch.eye(f.shape[1], dtype=f.dtype), f.T @ target)  # (d, C)
+        weight, bias = (w / sd[:, None]).T, -(mu / sd) @ w  # logits = feats @ weight.T + bias
+        head = model.get_classifier()
+        for scale in (5, 10, 20, 40, 80, 160, 320):
+            p = (feats @ (scale * weight).T + scale * bias).softmax(1)
+            conf, pred = p.max(1)
+            if (conf > 0.97).float().mean() > 0.6:
+                break
+        head.weight.copy_((scale * weight).float())
+        head.bias.copy_((scale * bias).float())
+    print(f"  {name}: {time.monotonic() - t0:.0f} s, head scale {scale}, accuracy on the pictures "
+          f"{(pred == y).float().mean():.3f}, share over 0.97: {(conf > 0.97).float().mean():.3f}", flush=True)
     return model.state_dict()
 
 
@@ -240,7 +254,7 @@ def cmd_weights(a: argparse.Namespace) -> None:
 
     state: dict = {}
     for name in ("resnet50", "vit_small_patch16_224"):
-        sd = pretrain(name, a.steps, a.threads)
+        sd = pretrain(name, a.threads)
         clash = set(sd) & set(state)
         assert not clash, f"{name}: key names shared with the other model: {sorted(clash)[:3]}"
         state.update(sd)
@@ -272,6 +286,64 @@ def cmd_submit(a: argparse.Namespace) -> None:
     print(f"submit exit {rc} after {time.monotonic() - t0:.0f} s")
 
 
+def _wait_for(what: str, test, timeout: float, poll: float = 1.0):
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        got = test()
+        if got:
+            return got
+        time.sleep(poll)
+    raise SystemExit(f"error: timed out after {timeout:.0f} s waiting for {what}")
+
+
+def cmd_figures(a: argparse.Namespace) -> None:
+    """One 2-rank run on DATA through jobs/submit.py, USR2 once it has made its first step:
+    start-up to the first step, USR2 -> first step after the requeue, per rank; the labeling
+    pass (strategy=permanent) when --label-every is given; RSS, fds, checkpoint bytes."""
+    from sslrun import run_folder
+
+    sweep = f"figures-{a.tag}"
+    label = [f"strategy=permanent", "threshold=0.9", f"extra.label_every={a.label_every}",
+             f"extra.label_start={a.label_every}"] if a.label_every else ["strategy=fixmatch", "threshold=0.9"]
+    cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), f"name={a.tag}", f"sweep={sweep}", "model=resnet50",
+           *[o for o in overrides(a.data, a.root, a.weights, a.steps, a.label_every or a.steps)
+             if not o.startswith(("extra.label_every", "extra.local", "extra.pseudo", "extra.retrain"))],
+           "frozen=false", *label, "--cluster", "slurm", "--tasks-per-node", "2", "--time", "60",
+           "--signal-delay-s", "30", "--partition", a.partition, "--name", "rehearsal", "--no-wait"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    print("+ " + " ".join(cmd), flush=True)
+    t_submit = time.time()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    run_dir = a.root / sweep / a.tag
+    job = run_folder.submitted_jobs(a.root / sweep)[0][a.tag]["job_id"]
+
+    def starts() -> list[dict]:
+        return [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "startup"]
+
+    first = _wait_for("the first step", lambda: starts(), a.timeout)[0]
+    _wait_for("a checkpoint", lambda: (run_dir / "ckpt" / "last.pt").exists(), a.timeout)
+    t_signal = time.time()
+    subprocess.run(["scancel", "--signal=USR2", str(job)], check=True)
+    again = _wait_for("the first step after the requeue", lambda: starts()[1:], a.timeout)[0]
+    _wait_for("result.json", lambda: (run_dir / "result.json").exists(), a.timeout * 3, poll=3)
+    f = run_figures(run_dir)
+    passes = f["labeling"]
+    print(f"\n## {a.tag}: {a.data} (job {job})\n")
+    print(f"- submit to first step: {first['wall'] - t_submit:.1f} s; process start to first step, per rank: "
+          f"{_fmt(per_rank(first, 'first_step_s'))} s")
+    print(f"- USR2 to the first step after the requeue: {again['wall'] - t_signal:.1f} s; the requeued process's "
+          f"start to its first step, per rank: {_fmt(per_rank(again, 'first_step_s'))} s")
+    for p in passes:
+        print(f"- labeling pass at step {p['step']}: {int(p['images'])} images, {p['images_per_s']:.0f} images/s, "
+              f"seconds per rank {_fmt(per_rank(p, 'pass_s'))}, peak memory MiB per rank "
+              f"{_fmt(per_rank(p, 'mem_mb'), 0)}, selected {int(p['selected'])}")
+    ranks = f.get("ranks") or []
+    print(f"- peak RSS MiB per rank: {_fmt([r['rss_mb'] for r in ranks], 0)}; most open fds per rank: "
+          f"{_fmt([r['fds'] for r in ranks], 0)} (at the first step: {_fmt(per_rank(first, 'fds'), 0)}); "
+          f"checkpoint {f['ckpt_bytes'] / 2**20:.0f} MiB; ranks' weights agree: {f.get('ranks_agree')}; "
+          f"restarts {f.get('restarts')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -282,7 +354,6 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("-j", "--workers", type=int, default=2)
     w = sub.add_parser("weights")
     w.add_argument("out", type=Path)
-    w.add_argument("--steps", type=int, default=150)
     w.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("settings")
     s.add_argument("--subset", default="hour")
@@ -298,17 +369,124 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--partition", default="debug")
     m.add_argument("--no-wait", action="store_true")
     m.add_argument("extra", nargs="*", help="more key=value overrides")
+    g = sub.add_parser("figures")
+    g.add_argument("data", type=Path)
+    g.add_argument("--root", type=Path, required=True)
+    g.add_argument("--weights", type=Path, required=True)
+    g.add_argument("--tag", required=True)
+    g.add_argument("--steps", type=int, default=12)
+    g.add_argument("--label-every", type=int, default=0)
+    g.add_argument("--partition", default="debug")
+    g.add_argument("--timeout", type=float, default=900)
     c = sub.add_parser("check")
     c.add_argument("sweep", type=Path)
     c.add_argument("--subset", default="hour")
     c.add_argument("--sweep-file", type=Path, default=SWEEP_FILE)
     a = p.parse_args(argv)
-    {"tree": cmd_tree, "weights": cmd_weights, "settings": cmd_settings, "submit": cmd_submit,
+    {"tree": cmd_tree, "weights": cmd_weights, "settings": cmd_settings, "submit": cmd_submit, "figures": cmd_figures,
      "check": lambda a: cmd_check(a)}[a.cmd](a)
 
 
+# ------------------------------------------------------------------------------ checks
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a torn last line: a writer at work
+    return out
+
+
+def ckpt_bytes(run_dir: Path) -> int:
+    """Size of one checkpoint (last.pt): what each save writes."""
+    last = run_dir / "ckpt" / "last.pt"
+    return last.stat().st_size if last.exists() else 0
+
+
+def run_figures(run_dir: Path) -> dict:
+    """One run's checks and figures from its folder alone (result.json, metrics.jsonl, ckpt/)."""
+    from sslrun import run_folder
+
+    cfg = {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except OSError:
+        pass
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    starts = [r for r in rows if r.get("kind") == "startup"]
+    passes = [r for r in rows if r.get("kind") == "labeling"]
+    out: dict = {"run": run_dir.name, "state": run_folder.state(run_dir), "strategy": cfg.get("strategy"),
+                 "model": cfg.get("model"), "frozen": cfg.get("frozen"), "threshold": cfg.get("threshold"),
+                 "passes": len(passes), "selected": [int(p["selected"]) for p in passes],
+                 "ckpt_bytes": ckpt_bytes(run_dir), "starts": starts, "labeling": passes}
+    res_path = run_dir / "result.json"
+    if res_path.exists():
+        res = json.loads(res_path.read_text())
+        ranks = res.get("ranks") or []
+        out.update(val_acc=res.get("val_acc"), world=res.get("world_size"), restarts=res.get("restarts"),
+                   elapsed_s=res.get("elapsed_s"), ranks=ranks,
+                   ranks_agree=bool(ranks) and len(ranks) == res.get("world_size")
+                   and all(r["weights_sha256"] == res["weights_sha256"] for r in ranks))
+    return out
+
+
+def per_rank(row: dict, name: str) -> list[float]:
+    """A gathered figure's values, rank 0 first (keys `<name>_r<rank>`)."""
+    ranks = sorted(int(r) for k in row for base, _, r in [k.rpartition("_r")] if base == name and r.isdigit())
+    return [row[f"{name}_r{r}"] for r in ranks]
+
+
+def check_sweep(sweep: Path, names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Every run's figures, and the problems: no result, no pseudo-labels, ranks that differ."""
+    dirs = [sweep / n for n in names] if names else sorted(
+        d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "report")
+    runs, problems = [], []
+    for d in dirs:
+        f = run_figures(d)
+        runs.append(f)
+        if f["state"] != "done":
+            problems.append(f"{d.name}: no result (state {f['state']})")
+            continue
+        if f["strategy"] in ("permanent", "local") and (not f["selected"] or min(f["selected"]) == 0):
+            problems.append(f"{d.name}: a labeling pass selected nothing ({f['selected']})")
+        if not f.get("ranks_agree"):
+            problems.append(f"{d.name}: ranks' weights differ or are not logged ({f.get('ranks')})")
+    return runs, problems
+
+
+def _fmt(xs: list[float], nd: int = 1) -> str:
+    return " / ".join(f"{x:.{nd}f}" for x in xs) if xs else "-"
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown, one line per run: the per-rank figures as r0 / r1."""
+    head = ("| run | state | val acc | passes: selected | first step s (r0 / r1) | labeling img/s | "
+            "peak RSS MiB (r0 / r1) | max fds (r0 / r1) | ckpt MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for f in runs:
+        first = f["starts"][0] if f["starts"] else {}
+        ips = [p["images_per_s"] for p in f["labeling"] if "images_per_s" in p]
+        ranks = f.get("ranks") or []
+        lines.append(f"| {f['run']} | {f['state']} | {f.get('val_acc') or 0:.3f} | {f['passes']}: "
+                     f"{','.join(map(str, f['selected'])) or '-'} | {_fmt(per_rank(first, 'first_step_s'))} | "
+                     f"{_fmt(ips, 0)} | {_fmt([r['rss_mb'] for r in ranks], 0)} | "
+                     f"{_fmt([r['fds'] for r in ranks], 0)} | {f['ckpt_bytes'] / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
 def cmd_check(a: argparse.Namespace) -> None:
-    raise SystemExit("error: check is not written yet")
+    runs, problems = check_sweep(a.sweep)
+    print(table(runs))
+    done = sum(f["state"] == "done" for f in runs)
+    print(f"\n{done} of {len(runs)} runs finished with a result; {len(problems)} problems")
+    for p in problems:
+        print(f"  PROBLEM {p}")
 
 
 if __name__ == "__main__":
