@@ -276,7 +276,7 @@ def cmd_submit(a: argparse.Namespace) -> None:
     rows = sweep_rows(a.sweep_file)
     cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), "--sweep-file", str(a.sweep_file),
            *subset_overrides(a.subset, rows),
-           *overrides(a.data, a.root, a.weights, a.steps, a.label_every), *a.extra,
+           *overrides(a.data, a.root, a.weights, a.steps, a.label_every), f"sweep={a.sweep}", *a.extra,
            "--cluster", "slurm", "--tasks-per-node", "2", "--time", "30", "--signal-delay-s", "30",
            "--partition", a.partition, "--name", "rehearsal", "--no-wait" if a.no_wait else "--wait"]
     print("+ " + " ".join(cmd), flush=True)
@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--label-every", type=int, default=2)
     m.add_argument("--partition", default="debug")
     m.add_argument("--no-wait", action="store_true")
-    m.add_argument("extra", nargs="*", help="more key=value overrides")
+    m.add_argument("--sweep", required=True, help="the sweep folder name under --root")
+    m.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
     g = sub.add_parser("figures")
     g.add_argument("data", type=Path)
     g.add_argument("--root", type=Path, required=True)
