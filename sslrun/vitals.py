@@ -72,7 +72,9 @@ class Vitals:
         return {f"{k}_r{r}": round(row[i], 3) for r, row in enumerate(every) for i, k in enumerate(names)}
 
     def common(self) -> dict[str, float]:
-        """What every gather carries: peak RSS (and GPU memory) and the most descriptors seen."""
+        """What every gather carries: peak RSS (and GPU memory) and the most descriptors seen
+        (sampled now: the caller builds the gather's values before gathered() runs)."""
+        self.sample()
         out = {"rss_mb": peak_rss_mb(), "fds": float(self.max_fds)}
         if self.device.type == "cuda":
             out["gpu_mb"] = self.peak_mem_mb()

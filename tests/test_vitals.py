@@ -30,6 +30,11 @@ def test_process_start_fds_and_rss_are_this_processes():
     for fd in fds:
         os.close(fd)
     assert v.max_fds >= before + 5  # the most seen, not the count now
+    fresh = vitals.Vitals(torch.device("cpu"))
+    fds = [os.open(__file__, os.O_RDONLY) for _ in range(3)]
+    assert fresh.common()["fds"] >= before + 3  # sampled by common() itself, not left at the start's count
+    for fd in fds:
+        os.close(fd)
     got = v.gathered({"a": 1.5, **v.common()})  # one rank: no process group
     assert got["a_r0"] == 1.5 and got["fds_r0"] >= before + 5 and set(got) == {"a_r0", "fds_r0", "rss_mb_r0"}
 
