@@ -381,8 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--timeout", type=float, default=900)
     c = sub.add_parser("check")
     c.add_argument("sweep", type=Path)
-    c.add_argument("--subset", default="hour")
-    c.add_argument("--sweep-file", type=Path, default=SWEEP_FILE)
+    c.add_argument("--prune", action="store_true", help="first remove prev.pt of finished runs (disk)")
     a = p.parse_args(argv)
     {"tree": cmd_tree, "weights": cmd_weights, "settings": cmd_settings, "submit": cmd_submit, "figures": cmd_figures,
      "check": lambda a: cmd_check(a)}[a.cmd](a)
@@ -467,21 +466,36 @@ def _fmt(xs: list[float], nd: int = 1) -> str:
 
 def table(runs: list[dict]) -> str:
     """Markdown, one line per run: the per-rank figures as r0 / r1."""
-    head = ("| run | state | val acc | passes: selected | first step s (r0 / r1) | labeling img/s | "
+    head = ("| strategy | threshold | frozen | model | state | val acc | passes: selected | first step s (r0 / r1) | labeling img/s | "
             "peak RSS MiB (r0 / r1) | max fds (r0 / r1) | ckpt MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for f in runs:
         first = f["starts"][0] if f["starts"] else {}
         ips = [p["images_per_s"] for p in f["labeling"] if "images_per_s" in p]
         ranks = f.get("ranks") or []
-        lines.append(f"| {f['run']} | {f['state']} | {f.get('val_acc') or 0:.3f} | {f['passes']}: "
+        model = str(f["model"]).replace("vit_small_patch16_224", "vit_s16")
+        lines.append(f"| {f['strategy']} | {f['threshold'] if f['strategy'] != 'supervised' else '-'} | "
+                     f"{str(f['frozen']).lower()} | {model} | {f['state']} | {f.get('val_acc') or 0:.3f} | {f['passes']}: "
                      f"{','.join(map(str, f['selected'])) or '-'} | {_fmt(per_rank(first, 'first_step_s'))} | "
                      f"{_fmt(ips, 0)} | {_fmt([r['rss_mb'] for r in ranks], 0)} | "
                      f"{_fmt([r['fds'] for r in ranks], 0)} | {f['ckpt_bytes'] / 2**20:.0f} |")
     return "\n".join(lines)
 
 
+def prune_finished(sweep: Path) -> int:
+    """Remove ckpt/prev.pt of finished runs (result.json written): a finished run never resumes,
+    and at ResNet-50 width prev.pt is 270 MiB of the ~700 MiB a run keeps. Returns bytes freed."""
+    freed = 0
+    for prev in sweep.glob("*/ckpt/prev.pt"):
+        if (prev.parent.parent / "result.json").exists():
+            freed += prev.stat().st_size
+            prev.unlink()
+    return freed
+
+
 def cmd_check(a: argparse.Namespace) -> None:
+    if a.prune:
+        print(f"pruned prev.pt of finished runs: {prune_finished(a.sweep) / 2**30:.1f} GiB freed")
     runs, problems = check_sweep(a.sweep)
     print(table(runs))
     done = sum(f["state"] == "done" for f in runs)
