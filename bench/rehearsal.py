@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--timeout", type=float, default=900)
     c = sub.add_parser("check")
     c.add_argument("sweep", type=Path)
+    c.add_argument("--seed", type=int, help="only the runs of this seed (a part of the sweep)")
     c.add_argument("--prune", action="store_true", help="first remove prev.pt of finished runs (disk)")
     a = p.parse_args(argv)
     {"tree": cmd_tree, "weights": cmd_weights, "settings": cmd_settings, "submit": cmd_submit, "figures": cmd_figures,
@@ -422,6 +423,7 @@ def run_figures(run_dir: Path) -> dict:
     starts = [r for r in rows if r.get("kind") == "startup"]
     passes = [r for r in rows if r.get("kind") == "labeling"]
     out: dict = {"run": run_dir.name, "state": run_folder.state(run_dir), "strategy": cfg.get("strategy"),
+                 "seed": cfg.get("seed"),
                  "model": cfg.get("model"), "frozen": cfg.get("frozen"), "threshold": cfg.get("threshold"),
                  "passes": len(passes), "selected": [int(p["selected"]) for p in passes],
                  "ckpt_bytes": ckpt_bytes(run_dir), "starts": starts, "labeling": passes}
@@ -442,13 +444,15 @@ def per_rank(row: dict, name: str) -> list[float]:
     return [row[f"{name}_r{r}"] for r in ranks]
 
 
-def check_sweep(sweep: Path, names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+def check_sweep(sweep: Path, names: list[str] | None = None, seed: int | None = None) -> tuple[list[dict], list[str]]:
     """Every run's figures, and the problems: no result, no pseudo-labels, ranks that differ."""
     dirs = [sweep / n for n in names] if names else sorted(
         d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "report")
     runs, problems = [], []
     for d in dirs:
         f = run_figures(d)
+        if seed is not None and f["seed"] != seed:
+            continue
         runs.append(f)
         if f["state"] != "done":
             problems.append(f"{d.name}: no result (state {f['state']})")
@@ -496,10 +500,20 @@ def prune_finished(sweep: Path) -> int:
 def cmd_check(a: argparse.Namespace) -> None:
     if a.prune:
         print(f"pruned prev.pt of finished runs: {prune_finished(a.sweep) / 2**30:.1f} GiB freed")
-    runs, problems = check_sweep(a.sweep)
+    runs, problems = check_sweep(a.sweep, seed=a.seed)
     print(table(runs))
-    done = sum(f["state"] == "done" for f in runs)
-    print(f"\n{done} of {len(runs)} runs finished with a result; {len(problems)} problems")
+    done = [f for f in runs if f["state"] == "done"]
+    print(f"\n{len(done)} of {len(runs)} runs finished with a result; {len(problems)} problems")
+    labeling = [f for f in done if f["strategy"] in ("permanent", "local")]
+    print(f"permanent/local runs: {len(labeling)}, every labeling pass selected > 0 in "
+          f"{sum(bool(f['selected']) and min(f['selected']) > 0 for f in labeling)}; "
+          f"ranks' weights agree in {sum(bool(f.get('ranks_agree')) for f in done)} of {len(done)}")
+    if done:
+        ends = [json.loads((a.sweep / f["run"] / "result.json").read_text()) for f in done]
+        starts = [r["wall"] - r["first_step_s_r0"] for f in done for r in f["starts"][:1]]
+        last = max((a.sweep / f["run"] / "result.json").stat().st_mtime for f in done)
+        print(f"first process start to last result: {last - min(starts):.0f} s; run elapsed_s sum "
+              f"{sum(r['elapsed_s'] for r in ends):.0f} s, median {sorted(r['elapsed_s'] for r in ends)[len(ends) // 2]:.0f} s")
     for p in problems:
         print(f"  PROBLEM {p}")
 
