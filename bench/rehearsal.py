@@ -278,7 +278,8 @@ def cmd_submit(a: argparse.Namespace) -> None:
            *subset_overrides(a.subset, rows),
            *overrides(a.data, a.root, a.weights, a.steps, a.label_every), f"sweep={a.sweep}", *a.extra,
            "--cluster", "slurm", "--tasks-per-node", "2", "--time", "30", "--signal-delay-s", "30",
-           "--partition", a.partition, "--name", "rehearsal", "--no-wait" if a.no_wait else "--wait"]
+           "--partition", a.partition, "--name", "rehearsal",
+           "--dry-run" if a.dry_run else "--no-wait" if a.no_wait else "--wait"]
     print("+ " + " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--label-every", type=int, default=2)
     m.add_argument("--partition", default="debug")
     m.add_argument("--no-wait", action="store_true")
+    m.add_argument("--dry-run", action="store_true", help="jobs/submit.py --dry-run: the runs' states, nothing sent")
     m.add_argument("--sweep", required=True, help="the sweep folder name under --root")
     m.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
     g = sub.add_parser("figures")
