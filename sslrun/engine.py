@@ -40,6 +40,7 @@ from sslrun.step_flags import StepFlags
 from sslrun.step_logs import pool_logs
 from sslrun.strategies.base import Batch, LogValue, StepInfo, Strategy
 from sslrun.tb import RunLog
+from sslrun.vitals import Vitals
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Trainer:
         self.cfg = cfg
         self.info = distributed.from_environment()
         self.device = distributed.pick_device(cfg.device, self.info)
+        self.vitals = Vitals(self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         distributed.init(self.info, self.device)
@@ -288,6 +290,7 @@ class Trainer:
         it = self._loader(self.step)
         t_log, n_img = time.time(), 0
         last_saved = self.step if state is not None else -1
+        first_step = self.step + 1  # of this process: logged with its start-up figures
         with StopSignals() as stop:
             while self.step < cfg.steps:
                 if self.strategy.labeling_due(self.step):
@@ -316,6 +319,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
                 self.step += 1
+                if self.step == first_step:
+                    self._log_startup()
                 if self.budget is not None:
                     self.budget.observe(self.step, self.elapsed_s + time.time() - self._t_start, self._agree_min)
                 n_img += sum(v.shape[0] for k, v in raw.items() if k in ("x", "u_weak", "u_strong")) * self.info.world
@@ -344,6 +349,13 @@ class Trainer:
                     break
         return self._finish()
 
+    def _log_startup(self) -> None:
+        """Seconds from this process's start (a requeue is a new process) to the end of its first
+        step, peak RSS and descriptors, per rank: every rank gathers, rank 0 writes."""
+        figures = self.vitals.gathered({"first_step_s": time.time() - self.vitals.start, **self.vitals.common()})
+        if self.runlog is not None:
+            self.runlog.scalars(self.step, {"restart": float(self.restarts), **figures}, "startup")
+
     def _agree_min(self, n: int) -> int:
         return -int(distributed.all_max(torch.tensor([-n], device=self.device)).item())
 
@@ -370,16 +382,21 @@ class Trainer:
         assert self.unlabeled is not None
         model = self._eval_model()
         candidates = self.strategy.labeling_candidates()
+        t0 = time.time()
         idx, conf, pred = labeling_pass(model, self.unlabeled, self.prepare, self.cfg.image_size,
                                         self.cfg.batch_size * 4, self.workers, self.info, self.device,
                                         None if candidates is None else candidates.tolist())
+        pass_s = time.time() - t0
+        figures = self.vitals.gathered({"pass_s": pass_s, "mem_mb": self.vitals.peak_mem_mb(), **self.vitals.common()})
+        slowest = max(v for k, v in figures.items() if k.startswith("pass_s_"))
         self.strategy.on_labeling(idx, conf, pred, self.step)
         extra = self.strategy.labeled_extra()
         if extra is not None and self.runlog is not None:
             sel, lab = extra
             truth = torch.from_numpy(self.unlabeled.hidden)[sel]
             known = truth >= 0
-            scalars = {"selected": float(len(sel)), "selected_rate": len(sel) / max(1, len(self.unlabeled))}
+            scalars = {"selected": float(len(sel)), "selected_rate": len(sel) / max(1, len(self.unlabeled)),
+                       "images": float(len(idx)), "images_per_s": len(idx) / max(slowest, 1e-9), **figures}
             if known.any():
                 scalars["pl_acc"] = float((lab[known] == truth[known]).float().mean())
             self.runlog.scalars(self.step, scalars, "labeling")
@@ -389,6 +406,7 @@ class Trainer:
 
     def _log_train(self, loss: Tensor, logs: dict[str, LogValue], images_per_s: float) -> None:
         scalars, hists = pool_logs(loss, logs, self.info.world, self.device)
+        self.vitals.sample()
         if self.runlog is not None:
             scalars["lr"] = self.opt.param_groups[0]["lr"]
             scalars["images_per_s"] = images_per_s
@@ -426,6 +444,18 @@ class Trainer:
         self.last_val = res
         return res
 
+    def _rank_figures(self) -> list[dict[str, Any]]:
+        """Per rank: its own weights' sha256 (DDP keeps them equal: this shows it), peak RSS and
+        the most descriptors it had open. A collective: every rank calls it in _finish."""
+        digest = bytes.fromhex(checkpoint.weights_sha256(self.model.state_dict()))
+        words = {f"sha{i}": float(int.from_bytes(digest[4 * i:4 * i + 4], "big")) for i in range(8)}
+        figures = self.vitals.gathered({**words, **self.vitals.common()})
+        out = []
+        for r in range(self.info.world):
+            sha = b"".join(int(figures[f"sha{i}_r{r}"]).to_bytes(4, "big") for i in range(8)).hex()
+            out.append({"rank": r, "weights_sha256": sha, **{k: figures[f"{k}_r{r}"] for k in self.vitals.common()}})
+        return out
+
     def _close_log(self) -> None:
         if getattr(self, "runlog", None) is not None:
             self.runlog.close()
@@ -436,6 +466,7 @@ class Trainer:
         # No last_val: resumed from the final checkpoint, whose step's val line is logged already.
         val = getattr(self, "last_val", None) or self._evaluate(log_it=False)
         distributed.broadcast_buffers(self.model)
+        ranks = self._rank_figures()
         test_acc = None
         if self.test is not None and (self.test.label >= 0).all() and len(self.test):
             res = evaluate(self._eval_model(), self.test, self.manifest.num_classes, self.prepare, cfg.image_size,
@@ -444,7 +475,7 @@ class Trainer:
         result = run_record.result(
             cfg, step=self.step, val=val, best=self.best, test_acc=test_acc, model=self.model, restarts=self.restarts,
             world=self.info.world, device=str(self.device), elapsed_s=self.elapsed_s + time.time() - self._t_start,
-            classes=self.manifest.classes, budget_steps=self.budget.steps if self.budget is not None else None)
+            classes=self.manifest.classes, budget_steps=self.budget.steps if self.budget is not None else None, ranks=ranks)
         if self.runlog is not None:
             metrics = {k: v for k, v in (("val_acc", result["val_acc"]), ("best_val_acc", result["best_val_acc"]),
                                          ("test_acc", test_acc)) if v is not None}

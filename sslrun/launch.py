@@ -26,7 +26,7 @@ from typing import Any
 import submitit
 
 from sslrun import run_folder
-from sslrun.config import ALIASES, Config, check_text, make_config, parse_overrides, run_name
+from sslrun.config import ALIASES, Config, check_text, closest, make_config, parse_overrides, run_name
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.epochs import run_epoch_steps, threshold_warning
 from sslrun.errors import UserError
@@ -67,9 +67,21 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
     many = len(rows) * len(combos) > 1
     configs: list[Config] = []
     seen: dict[str, dict[str, Any]] = {}
+    strategy_keys = _strategy_extra_keys() if many else {}
+    used: set[str] = set()
     for row in rows:
         for combo in combos:
             items = {**row, **base, **combo}
+            if many:
+                # A command-line extra.K laid over a sweep of several strategies (extra.label_every
+                # over the report's ablation) applies to the rows whose strategy declares it; a key
+                # that no planned row declares is still the typo error check_extra gives.
+                declared = strategy_keys.get(str(items.get("strategy", Config.strategy)), set())
+                for key in [k for k in base if k.startswith("extra.") and k not in row and k not in combo]:
+                    if key[len("extra."):] in declared:
+                        used.add(key)
+                    else:
+                        del items[key]
             if many and "name" in base:
                 # `name=myrun --array seeds=42,43`: one name for several runs would plan one run;
                 # the given name becomes a prefix, followed by what tells the runs apart.
@@ -88,6 +100,13 @@ def plan_runs(array: list[str], overrides: list[str], sweep_overrides: list[dict
                                 f"run its own name= (or leave name= out to derive names from the overrides)")
             seen[key] = cfg.to_dict()
             configs.append(cfg)
+    unused = [k for k in base if k.startswith("extra.") and many and k not in used]
+    if unused:
+        planned = sorted({c.strategy for c in configs})
+        known = sorted({k for name in planned for k in strategy_keys.get(name, set())})
+        hint = closest(unused[0][len("extra."):], known).replace("mean ", "mean extra.")
+        raise UserError(f"{unused[0]}: not a key of any strategy in this sweep ({', '.join(planned)}){hint} "
+                        f"(known: {', '.join('extra.' + k for k in known) or 'none'})")
     for cfg in configs:
         check_run(cfg)
     return configs

@@ -24,7 +24,7 @@ def best_state(model: nn.Module, ema: nn.Module | None, step: int, val_acc: floa
 
 def result(cfg: Config, *, step: int, val: EvalResult | None, best: dict[str, Any], test_acc: float | None,
            model: nn.Module, restarts: int, world: int, device: str, elapsed_s: float, classes: list[str],
-           budget_steps: int | None) -> dict[str, Any]:
+           budget_steps: int | None, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """result.json: the run's outcome, as status, report and the seed table read it."""
     out: dict[str, Any] = {
         "strategy": cfg.strategy, "model": cfg.model, "seed": cfg.seed, "steps": step,
@@ -34,6 +34,7 @@ def result(cfg: Config, *, step: int, val: EvalResult | None, best: dict[str, An
         "restarts": restarts, "world_size": world, "device": device,
         "elapsed_s": round(elapsed_s, 2),
         "classes": classes, "val_confusion": val.confusion.tolist() if val else None,
+        "ranks": ranks,
     }
     if step < cfg.steps:
         out["stopped_by"] = "budget_s"

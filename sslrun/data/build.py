@@ -311,8 +311,13 @@ def make_plan(
     shard_samples: int,
     shard_bytes: int | None,
     max_side: int | None,
+    unlabeled_truth: dict[str, str] | None = None,
 ) -> Plan:
-    """Scan the inputs and decide every sample's split, shard and position; writes nothing."""
+    """Scan the inputs and decide every sample's split, shard and position; writes nothing.
+
+    `unlabeled_truth` (file id -> class name) gives loose unlabeled images a hidden true class,
+    kept only in the manifest like the labeled surplus of --labels-per-class: for synthetic
+    rehearsals, whose pseudo-label accuracy is then measurable."""
     scan = _Scan(sizes=shard_bytes is not None)
     classes, per_class = _scan_classes(scan, labeled, "labeled")
     keys = _Keys("labeled/unlabeled")
@@ -334,8 +339,17 @@ def make_plan(
         dirs, _ = scan.entries(unlabeled)
         if dirs:
             raise UserError(f"unlabeled folder {unlabeled} has sub-folders (e.g. {dirs[0].name}); expected loose images")
-        hidden = -1 if labels_per_class else None
-        splits["unlabeled"] += [Source._make((*row, None, hidden)) for row in keys.many(scan.files(unlabeled))]
+        hidden = -1 if labels_per_class or unlabeled_truth is not None else None
+        rows = keys.many(scan.files(unlabeled))
+        if unlabeled_truth is None:
+            splits["unlabeled"] += [Source._make((*row, None, hidden)) for row in rows]
+        else:
+            index = {name: ci for ci, name in enumerate(classes)}
+            bad = sorted({c for c in unlabeled_truth.values() if c not in index})
+            if bad:
+                raise UserError(f"--unlabeled-truth: class '{bad[0]}' is not a class of the labeled folder")
+            splits["unlabeled"] += [Source._make((*row, None, index.get(unlabeled_truth.get(row[1] or row[2], ""), -1)))
+                                    for row in rows]
     labeled_flags = {"train": True, "val": True, "unlabeled": False}
     if test is not None:
         tkeys = _Keys("test")
@@ -375,12 +389,31 @@ def make_plan(
         "shard_bytes": shard_bytes,
         "max_side": max_side,
     }
+    if unlabeled_truth is not None:  # only when given: older shard sets keep their digest
+        params["unlabeled_truth"] = hashlib.sha256(json.dumps(sorted(unlabeled_truth.items())).encode()).hexdigest()
     plan = Plan(classes, shards, {k: labeled_flags[k] for k in shards}, params)
     h = hashlib.sha256(json.dumps({"params": params, "classes": classes}, sort_keys=True).encode())
     for name in SPLIT_ORDER:  # every sample's place; json.dumps is C, a loop here is not
         h.update(json.dumps([name, shards.get(name, [])]).encode())
     plan.digest = h.hexdigest()
     return plan
+
+
+def read_truth(path: str | Path) -> dict[str, str]:
+    """An `id,class` CSV (header optional) -> {file id: class name}; a bad line is one UserError."""
+    out: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--unlabeled-truth {path}: cannot read it ({err})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or (n == 1 and line.strip() == "id,class"):
+            continue
+        fid, sep, cls = line.rpartition(",")
+        if not sep or not fid or not cls:
+            raise UserError(f"--unlabeled-truth {path}: line {n}: expected 'id,class', got {line[:80]!r}")
+        out[fid] = cls
+    return out
 
 
 def _with(s: Source, **kw: Any) -> Source:
@@ -823,6 +856,7 @@ def build_shards(
     workers: int = 1,
     max_side: int | None = None,
     progress: bool = False,
+    unlabeled_truth: dict[str, str] | None = None,
 ) -> dict:
     """Build (or finish building) a shard set in `out`; returns the manifest dict it wrote.
 
@@ -848,6 +882,7 @@ def build_shards(
         shard_samples=shard_samples,
         shard_bytes=shard_bytes,
         max_side=max_side,
+        unlabeled_truth=unlabeled_truth,
     )
     n_total = sum(len(s) for shards in plan.splits.values() for s in shards)
     log.info("planned %d samples in %d shards (%.1f s)", n_total, sum(map(len, plan.splits.values())), time.monotonic() - t0)

@@ -36,6 +36,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--shard-bytes", metavar="SIZE", help="bytes per shard, e.g. 500M or 1G (binary units)")
     p.add_argument("-j", "--workers", type=int, default=1, metavar="N", help="parallel worker processes (default 1)")
     p.add_argument("--max-side", type=int, metavar="PX", help="shrink images whose longer side is over PX (re-encodes them)")
+    p.add_argument("--unlabeled-truth", type=Path, metavar="CSV",
+                   help="id,class lines: hidden true classes of the loose unlabeled images (kept in the manifest only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -46,7 +48,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
-    from sslrun.data.build import build_shards, parse_size
+    from sslrun.data.build import build_shards, parse_size, read_truth
 
     signal.signal(signal.SIGTERM, _interrupt)  # SLURM's time limit, kill: stop cleanly like Ctrl-C
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed, shard_samples=a.shard_samples,
         shard_bytes=None if a.shard_bytes is None else parse_size(a.shard_bytes),
         workers=a.workers, max_side=a.max_side, progress=not a.no_progress,
+        unlabeled_truth=None if a.unlabeled_truth is None else read_truth(a.unlabeled_truth),
     )
     dt = time.monotonic() - t0
     total = sum(s["count"] for s in m["splits"].values())
