@@ -150,15 +150,17 @@ def subset_rows(rows: list[dict[str, str]], subset: str) -> list[dict[str, str]]
     return [r for r in rows if r.get("seed") == value]
 
 
-def subset_overrides(subset: str, rows: list[dict[str, str]]) -> list[str]:
-    """Command-line overrides that make jobs/submit.py plan exactly `subset_rows`: a seed laid
-    over every row plans each setting once (runs written twice are planned once), under the
-    same folder names as in the whole sweep, so a later whole-sweep submit skips them."""
-    if subset == "all":
-        return []
-    if subset == "hour":
-        return [f"seed={rows[0]['seed']}"]
-    return [subset]
+def write_subset_file(rows: list[dict[str, str]], out: Path) -> Path:
+    """The subset's rows as a sweep file (`runs:`, every key as the whole sweep gives it), so
+    jobs/submit.py plans exactly them under the whole sweep's own folder names and a later
+    whole-sweep submit skips them. A seed laid over the whole sweep instead would plan each
+    setting three times, which submit refuses (a sweep never silently plans fewer runs)."""
+    import yaml
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# written by bench/rehearsal.py: a part of sweeps/report-ablation.yaml\n"
+                   + yaml.safe_dump({"runs": rows}, sort_keys=False))
+    return out
 
 
 def overrides(data: Path, root: Path, weights: Path, steps: int, label_every: int) -> list[str]:
@@ -274,8 +276,11 @@ def cmd_settings(a: argparse.Namespace) -> None:
 
 def cmd_submit(a: argparse.Namespace) -> None:
     rows = sweep_rows(a.sweep_file)
-    cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), "--sweep-file", str(a.sweep_file),
-           *subset_overrides(a.subset, rows),
+    sweep_file = a.sweep_file
+    if a.subset != "all":
+        part = a.subset.replace("=", "-")
+        sweep_file = write_subset_file(subset_rows(rows, a.subset), a.root / f".{a.sweep}-subset-{part}.yaml")
+    cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), "--sweep-file", str(sweep_file),
            *overrides(a.data, a.root, a.weights, a.steps, a.label_every), f"sweep={a.sweep}", *a.extra,
            "--cluster", "slurm", "--tasks-per-node", "2", "--time", "30", "--signal-delay-s", "30",
            "--partition", a.partition, "--name", "rehearsal",

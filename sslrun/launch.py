@@ -126,6 +126,13 @@ def schedule_warnings(configs: list[Config], world: int) -> list[str]:
     return lines
 
 
+def _strategy_extra_keys() -> dict[str, set[str]]:
+    """strategy name -> the extra.* keys it declares."""
+    from sslrun.strategies import STRATEGIES
+
+    return {name: set(cls.declared_extra()) for name, cls in STRATEGIES.items()}
+
+
 def check_devices(configs: list[Config], opts: ClusterOptions, cluster: str) -> None:
     """Refuse, before queueing, runs that need CUDA (`device=cuda`, `sync_bn=true`: SyncBatchNorm
     has no CPU kernel) where the job will have no GPU: a SLURM job asking for none (unless GPUs

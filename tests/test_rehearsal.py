@@ -88,14 +88,16 @@ def test_every_setting_of_the_report_sweep_once():
 
 
 def test_hour_subset_plans_the_whole_sweeps_own_run_folders(tmp_path):
-    """The seed laid over every row plans each setting once, under the whole sweep's names: the
-    hour subset is a part of the 204-run sweep, which resumes past it."""
+    """The subset's sweep file plans each setting once, under the whole sweep's names: the hour
+    subset is a part of the 204-run sweep, which resumes past it."""
     from sslrun.launch import plan_runs
+    from sslrun.sweeps import read_sweep_file
 
     rows = rehearsal.sweep_rows()
     common = [f"root={tmp_path}", "sweep=s", "pretrained=none", "image_size=32"]
     whole = {c.name for c in plan_runs([], common, rows)}
-    hour = plan_runs([], [*common, *rehearsal.subset_overrides("hour", rows)], rows)
+    part = rehearsal.write_subset_file(rehearsal.subset_rows(rows, "hour"), tmp_path / "hour.yaml")
+    hour = plan_runs([], common, read_sweep_file(part))
     assert len(whole) == 204 and len(hour) == 68
     assert {c.name for c in hour} <= whole and all(c.seed == 42 for c in hour)
 
