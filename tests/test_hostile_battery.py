@@ -373,7 +373,7 @@ CASES: list[Case] = [
     Case("cfg-image-size-1", S, submit("image_size=1"), 2, "image_size=1"),
     Case("cfg-steps-underscore", S, submit("steps=1_000"), 0, "dry run"),
     Case("cfg-bool-yes", S, submit("frozen=yes"), 0, "dry run"),
-    Case("cfg-bool-on", S, submit("sync_bn=on"), 0, "dry run"),
+    Case("cfg-bool-on", S, submit("sync_bn=on"), 2, "sync_bn=true needs a GPU"),  # on read as true, refused on a CPU job
     Case("cfg-bool-maybe", S, submit("frozen=maybe"), 2, "frozen=maybe"),
     Case("cfg-budget-nan", S, submit("budget_s=nan"), 2, "budget_s=nan"),
     Case("cfg-warmup-negative", S, submit("warmup_steps=-1"), 2, "warmup_steps=-1"),
