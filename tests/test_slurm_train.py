@@ -58,12 +58,25 @@ def _squeue_state(job_id: str) -> str:
     return out.stdout.strip()
 
 
-def _sacct(job_id: str) -> list[dict[str, str]]:
-    """One dict per start of the job (sacct -D keeps the requeued ones): State, Start, End."""
-    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State,Start,End"],
-                         capture_output=True, text=True, check=True)
-    rows = [ln.split("|") for ln in out.stdout.splitlines() if ln.strip()]
-    return [{"State": r[0].split()[0], "Start": r[1], "End": r[2]} for r in rows]
+_ACTIVE = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
+
+
+def _sacct(job_id: str, settle_s: float = 30) -> list[dict[str, str]]:
+    """One dict per start of the job (sacct -D keeps the requeued ones): State, Start, End.
+
+    Called once a job has left squeue; slurmdbd records its end a moment later (seen: a job
+    gone from the queue still RUNNING in sacct). So wait up to `settle_s` for the last start
+    to show a final state, and return what sacct has then (the caller's assertion says more).
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State,Start,End"],
+                             capture_output=True, text=True, check=True)
+        rows = [ln.split("|") for ln in out.stdout.splitlines() if ln.strip()]
+        found = [{"State": r[0].split()[0], "Start": r[1], "End": r[2]} for r in rows]
+        if (found and found[-1]["State"] not in _ACTIVE) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def _resumed_at(log: str) -> list[float]:
@@ -262,8 +275,7 @@ def test_two_rank_job_killed_rank_fails_fast_and_resubmission_resumes(slurm_clus
     t_kill = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     waited = wait_until(lambda: _squeue_state(job_id) == "", timeout=60, what="the job to end after a rank died")
-    wait_until(lambda: _sacct(job_id)[-1]["State"] not in ("RUNNING", "COMPLETING"), 15, "sacct's final state")
-    final = _sacct(job_id)[-1]["State"]
+    final = _sacct(job_id)[-1]["State"]  # waits for sacct's final state
     print(f"\nTIMING SIGKILL of rank 1 -> job {job_id} gone from squeue {waited:.1f} s ({final}, "
           f"{time.monotonic() - t_kill:.1f} s incl. sacct)")
     assert final in ("FAILED", "CANCELLED", "NODE_FAIL"), final
