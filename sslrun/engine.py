@@ -8,6 +8,7 @@ therefore needs only weights, optimizer, schedule, EMA, step and the strategy's 
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -492,8 +493,13 @@ def run(cfg: Config) -> dict[str, Any]:
     """Train one run to its end (or to a stop signal); resumes from its folder's checkpoint."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     check_run(cfg)  # the same checks as at submit time; resolves the embedded data set
-    trainer = Trainer(cfg)
     try:
+        trainer = Trainer(cfg)
         return trainer.fit()
     finally:
+        # DDP's reducer holds the process group: dropped only at interpreter exit, the group outlives
+        # destroy_process_group and gloo can abort the process there (seen: a rank exiting -6,
+        # "terminate called without an active exception", after a run that had finished).
+        trainer = None
+        gc.collect()
         distributed.shutdown()
