@@ -36,6 +36,9 @@ B, V, T, S, ST, R, P, W = ("shards/build.py", "shards/verify.py", "jobs/train.py
 TINY = ["model=test_resnet", "image_size=32", "steps=4", "batch_size=4", "mu=1", "eval_every=2", "ckpt_every=2",
         "log_every=1", "threads=1", "workers=0", "strategy=supervised"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+# One xdist worker for the whole file: its session fixtures run every case at once (two at a time);
+# split over two workers, each would run all of them.
+pytestmark = pytest.mark.xdist_group("hostile")
 
 
 @dataclass
