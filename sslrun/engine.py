@@ -400,6 +400,13 @@ class Trainer:
                        "images": float(len(idx)), "images_per_s": len(idx) / max(slowest, 1e-9), **figures}
             if known.any():
                 scalars["pl_acc"] = float((lab[known] == truth[known]).float().mean())
+            if len(conf):
+                scalars["max_conf"] = float(conf.max())
+            if not len(sel) and len(idx):
+                # Said, not only logged at INFO: a pool that stays empty makes the run plain supervised.
+                log.warning("labeling pass at step %d selected none of %d samples: the most confident scored %.4f, "
+                            "under threshold=%s; the run trains on the labeled set alone until a pass selects some",
+                            self.step, len(idx), scalars.get("max_conf", float("nan")), self.cfg.threshold)
             self.runlog.scalars(self.step, scalars, "labeling")
             self.runlog.histogram(self.step, "labeling/class_counts", torch.bincount(lab, minlength=self.manifest.num_classes))
             log.info("labeling pass at step %d: %d selected%s", self.step, len(sel),

@@ -4,6 +4,7 @@ runs on the digits, exact resume of a stateful strategy, pretrained=FILE and bud
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -141,6 +142,18 @@ def test_strategy_trains_end_to_end_and_logs(digits, tmp_path, strategy, extra, 
         assert all(ln["selected_rate"] == 1.0 and 0 <= ln["pl_acc"] <= 1 for ln in labeling)
     else:
         assert not labeling
+
+
+def test_a_labeling_pass_that_selects_nothing_says_so(digits, tmp_path, caplog):
+    """threshold=1: no softmax reaches it, the pool stays empty and the run is supervised; a
+    warning with the highest confidence says so (before: one INFO line, '0 selected')."""
+    caplog.set_level(logging.WARNING, logger="sslrun.engine")
+    cfg = _config(digits, tmp_path, "strategy=permanent", "threshold=1", "extra.label_every=4", "name=none")
+    _run(cfg)
+    labeling = [ln for ln in _metrics(cfg.run_dir()) if ln["kind"] == "labeling"]
+    assert [ln["selected"] for ln in labeling] == [0, 0] and all(0 < ln["max_conf"] < 1 for ln in labeling)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "selected none" in r.getMessage()]
+    assert len(said) == 2 and "most confident scored" in said[0] and "threshold=1" in said[0], said
 
 
 @pytest.mark.slow
