@@ -402,15 +402,15 @@ class Trainer:
                 scalars["pl_acc"] = float((lab[known] == truth[known]).float().mean())
             if len(conf):
                 scalars["max_conf"] = float(conf.max())
-            if not len(sel) and len(idx):
-                # Said, not only logged at INFO: a pool that stays empty makes the run plain supervised.
-                log.warning("labeling pass at step %d selected none of %d samples: the most confident scored %.4f, "
-                            "under threshold=%s; the run trains on the labeled set alone until a pass selects some",
-                            self.step, len(idx), scalars.get("max_conf", float("nan")), self.cfg.threshold)
             self.runlog.scalars(self.step, scalars, "labeling")
             self.runlog.histogram(self.step, "labeling/class_counts", torch.bincount(lab, minlength=self.manifest.num_classes))
-            log.info("labeling pass at step %d: %d selected%s", self.step, len(sel),
-                     f", pl_acc {scalars['pl_acc']:.4f}" if "pl_acc" in scalars else "")
+            if len(sel) or not len(idx):
+                log.info("labeling pass at step %d: %d selected%s", self.step, len(sel),
+                         f", pl_acc {scalars['pl_acc']:.4f}" if "pl_acc" in scalars else "")
+            else:  # a warning, not an INFO line: a pool that stays empty makes the run plain supervised
+                log.warning("labeling pass at step %d selected none of %d samples: the most confident scored %.4f, "
+                            "under threshold=%s; the run trains on the labeled set alone until a pass selects some",
+                            self.step, len(idx), scalars["max_conf"], self.cfg.threshold)
 
     def _log_train(self, loss: Tensor, logs: dict[str, LogValue], images_per_s: float) -> None:
         scalars, hists = pool_logs(loss, logs, self.info.world, self.device)

@@ -144,6 +144,7 @@ def test_strategy_trains_end_to_end_and_logs(digits, tmp_path, strategy, extra, 
         assert not labeling
 
 
+@pytest.mark.slow
 def test_a_labeling_pass_that_selects_nothing_says_so(digits, tmp_path, caplog):
     """threshold=1: no softmax reaches it, the pool stays empty and the run is supervised; a
     warning with the highest confidence says so (before: one INFO line, '0 selected')."""
