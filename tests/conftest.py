@@ -22,7 +22,7 @@ SMALL = [*FAST, "ema_decay=0.9"]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`tests/run.sh` runs `-n 2 --dist loadgroup`), every SLURM test goes to one
     worker, one at a time: they share one cluster and some assert how fast a job starts; the
-    other worker runs the rest meanwhile (the SLURM tests mostly wait on the queue)."""
+    other worker runs the rest meanwhile."""
     for item in items:
         if item.get_closest_marker("slurm") is not None:
             item.add_marker(pytest.mark.xdist_group("slurm"))
