@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash env/setup.sh
-# Two pytest-xdist workers: the SLURM tests as one group on one worker, the rest on both (measured:
-# 803-863 s against 1,054-1,080 s serial on 2 cores; serially: add -n 0).
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+# Serial by default. With two pytest-xdist workers (`bash tests/run.sh -n 2 --dist loadgroup`:
+# the SLURM tests as one group on one worker) the suite took 803-863 s against 1,054-1,080 s,
+# but the preemption test then once saw its low job finish unpreempted (the node's timing shifts
+# under the other worker's load), so CI stays serial until that test's race is closed.
+exec .venv/bin/python -m pytest "$@"
