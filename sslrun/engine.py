@@ -342,7 +342,13 @@ class Trainer:
                     self._close_log()
                     self._stop(flags.signum, stop)
                 if flags.over_budget and self.step < cfg.steps:  # budget_s spent: stop here, evaluated and saved
-                    log.info("budget_s=%g spent at step %d of %d: stopping", cfg.budget_s, self.step, cfg.steps)
+                    spent_s = self.elapsed_s + time.time() - self._t_start
+                    why = ("the time is spent" if spent_s >= cfg.budget_s else
+                           f"the {self.budget.steps} steps estimated to fit it are done"
+                           if self.budget is not None and self.step >= self.budget.steps else
+                           "another rank's time is spent")
+                    log.info("budget_s=%g: stopping at step %d of %d after %.0f s: %s", cfg.budget_s, self.step,
+                             cfg.steps, spent_s, why)
                     if self.step % cfg.eval_every:
                         self._evaluate()
                     if last_saved != self.step:

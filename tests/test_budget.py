@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -62,14 +63,19 @@ def _last_lr(run_dir: Path) -> float:
 
 
 @pytest.mark.slow
-def test_budgeted_cosine_runs_to_its_estimate(digits, tmp_path, monkeypatch):
+def test_budgeted_cosine_runs_to_its_estimate(digits, tmp_path, monkeypatch, caplog):
     from sslrun.engine import run
 
     _short_window(monkeypatch)
+    caplog.set_level(logging.INFO, logger="sslrun.engine")
     cfg = _config(digits, tmp_path, "name=b")
     result = run(cfg)
     k, n = result["budget_steps"], result["steps"]
     assert 5 < k < 100_000 and n <= k and result["stopped_by"] == "budget_s"
+    # the stop line says which of the two ended the run: the time, or the estimated step count
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("budget_s=4: stopping")]
+    assert len(said) == 1 and f"at step {n} of 100000 after" in said[0]
+    assert said[0].endswith("the time is spent") or (n == k and said[0].endswith(f"the {k} steps estimated to fit it are done"))
     # the cosine ran to the estimate, not to steps=100000 (where the last lr would still be ~0.05)
     assert _last_lr(cfg.run_dir()) == pytest.approx(0.05 * math.cos(7 * math.pi * n / (16 * k)), rel=1e-6)
     state = torch.load(cfg.run_dir() / "ckpt" / "last.pt", weights_only=True)
