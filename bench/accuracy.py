@@ -104,6 +104,10 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
     """Run `jobs` side by side, each as its own `jobs/train.py` process; a finished run's folder
     answers with its result.json at once, so an interrupted benchmark picks up where it stopped."""
     sweep = f"budget{args.budget_min:g}min-x{args.parallel}"
+    if (args.threads, args.workers) != (1, 1):
+        sweep += f"-t{args.threads}w{args.workers}"
+    if args.extra:  # runs with other settings are other runs, not finished ones to answer from
+        sweep += "," + ",".join(args.extra).replace("/", "_")
     logs = args.work / "logs" / sweep
     logs.mkdir(parents=True, exist_ok=True)
     started = []

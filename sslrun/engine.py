@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from sslrun import checkpoint, distributed, run_folder, run_record
 from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
+from sslrun.data.batch_augment import apply_preset, check_presets
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import SplitSamples, check_shards, load_split
-from sslrun.data.transforms import check_preset, make_transform
+from sslrun.data.transforms import make_transform
 from sslrun.epochs import run_epoch_steps, threshold_warning
 from sslrun.errors import UserError
 from sslrun.evaluate import EvalResult, evaluate, labeling_pass
@@ -115,8 +116,7 @@ class Trainer:
         self.ckpt_dir = run_folder.ckpt_dir(self.run_dir)
         self.manifest: Manifest = read_manifest(cfg.data)
         check_shards(self.manifest, cfg.verify_shards)  # a damaged shard is found before any folder is made
-        check_preset("augment", cfg.augment)
-        check_preset("strong", cfg.strong)
+        check_presets(cfg.augment, cfg.strong, cfg.augment_on)
         self.train = load_split(self.manifest, "train")
         self.val = load_split(self.manifest, "val") if "val" in self.manifest.splits else None
         self.unlabeled = load_split(self.manifest, "unlabeled") if "unlabeled" in self.manifest.splits else None
@@ -205,13 +205,17 @@ class Trainer:
                 pool = Pool(np.concatenate([pool.split, ones]), np.concatenate([pool.index, idx]),
                             np.concatenate([pool.label, lab]))
         streams = [Stream(pool, LABELED, cfg.batch_size)]
-        views = {LABELED: [make_transform(cfg.augment)]}
+        on_trainer = cfg.augment_on == "trainer"  # then the workers decode only; _batch augments
+        views = {LABELED: [make_transform("none" if on_trainer else cfg.augment)]}
         if self.unlabeled is not None:
             splits.append(self.unlabeled)
             if self.strategy.unlabeled_views:
                 n = len(self.unlabeled)
                 streams.append(Stream(Pool(np.ones(n, np.int64), np.arange(n), np.full(n, -1)), UNLABELED, cfg.batch_size * cfg.mu))
-                views[UNLABELED] = [make_transform("weak" if v == "weak" else cfg.strong) for v in self.strategy.unlabeled_views]
+                if on_trainer:  # one plain copy of each image, as "u_weak"; _batch makes the views
+                    views[UNLABELED] = [make_transform("none")]
+                else:
+                    views[UNLABELED] = [make_transform("weak" if v == "weak" else cfg.strong) for v in self.strategy.unlabeled_views]
         dataset = ShardImages(splits, cfg.image_size, views)
         sampler = StepSampler(streams, cfg.seed, self.info.rank, self.info.world, start, cfg.steps)
         return iter(make_loader(dataset, sampler, self.workers, self.use_cuda))
@@ -324,7 +328,7 @@ class Trainer:
                     self._log_startup()
                 if self.budget is not None:
                     self.budget.observe(self.step, self.elapsed_s + time.time() - self._t_start, self._agree_min)
-                n_img += sum(v.shape[0] for k, v in raw.items() if k in ("x", "u_weak", "u_strong")) * self.info.world
+                n_img += sum(v.shape[0] for v in (batch.x, batch.u_weak, batch.u_strong) if v is not None) * self.info.world
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.time()
                     self._log_train(loss, logs, n_img / max(now - t_log, 1e-9))
@@ -368,10 +372,32 @@ class Trainer:
 
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
         dev = self.device
+        if self.cfg.augment_on == "trainer":
+            return self._augmented_batch(raw)
         return Batch(
             x=self.prepare(raw["x"]), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
             u_weak=self.prepare(raw["u_weak"]) if "u_weak" in raw else None,
             u_strong=self.prepare(raw["u_strong"]) if "u_strong" in raw else None,
+            u_index=raw["u_index"].to(dev, non_blocking=True) if "u_index" in raw else None,
+            u_truth=raw["u_truth"].to(dev, non_blocking=True) if "u_truth" in raw else None,
+        )
+
+    def _augmented_batch(self, raw: dict[str, Tensor]) -> Batch:
+        """augment_on=trainer: the step's plain uint8 images, augmented here as whole batches,
+        from a generator seeded by (seed, step, rank): a resumed step draws the same pixels."""
+        cfg, dev = self.cfg, self.device
+        g = torch.Generator(device=dev)
+        g.manual_seed(mix_seed(cfg.seed, self.step, self.info.rank, 0xA06))
+        x = apply_preset(cfg.augment, raw["x"].to(dev, non_blocking=True), g)
+        u_weak = u_strong = None
+        if "u_weak" in raw:
+            plain = raw["u_weak"].to(dev, non_blocking=True)
+            views = self.strategy.unlabeled_views
+            u_weak = self.prepare(apply_preset("weak", plain, g)) if "weak" in views else None
+            u_strong = self.prepare(apply_preset(cfg.strong, plain, g)) if "strong" in views else None
+        return Batch(
+            x=self.prepare(x), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
+            u_weak=u_weak, u_strong=u_strong,
             u_index=raw["u_index"].to(dev, non_blocking=True) if "u_index" in raw else None,
             u_truth=raw["u_truth"].to(dev, non_blocking=True) if "u_truth" in raw else None,
         )

@@ -56,14 +56,13 @@ def check_machine(cfg: Config) -> None:
 
 def check_run(cfg: Config) -> Manifest:
     """Every check that needs no GPU and no run folder; returns the data set's manifest."""
-    from sslrun.data.transforms import check_preset
+    from sslrun.data.batch_augment import check_presets
     from sslrun.models import check_model
     from sslrun.strategies.thresholds import parse_threshold
 
     parse_threshold(cfg.threshold)
     check_extra(cfg)
-    check_preset("augment", cfg.augment)
-    check_preset("strong", cfg.strong)
+    check_presets(cfg.augment, cfg.strong, cfg.augment_on)
     check_machine(cfg)
     check_model(cfg.model, cfg.pretrained, cfg.image_size)
     resolve_data(cfg)
