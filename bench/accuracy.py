@@ -41,9 +41,13 @@ TAR = REPO.parent / "shared" / "data" / "cifar10-train-jpg.tar"  # ../shared bes
 # (argmax on the unlabeled set) at step 1,700 for seeds 42-44, pseudo-labels over 0.95 about 50 % right;
 # on cifar_cnn, 41 % validation accuracy at step 600 (seed 42) against 36 % for test_resnet.
 COMMON = ["model=cifar_cnn", "image_size=32", "lr=0.03", "nesterov=true", "schedule=cosine", "ema_decay=0.99",
-          # fp32: bf16 autocast + channels_last made a test_resnet FixMatch step (480 images, 32 px) 6x
-          # slower on this 2-core CPU (1.34 s against 0.22 s), whatever it does for bigger nets
-          "amp=off", "channels_last=off", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
+          # fp32: bf16 autocast made a test_resnet FixMatch step (480 images, 32 px) 6x slower on this
+          # 2-core CPU (1.34 s against 0.22 s; the CPU has no bf16 units). channels_last alone helps cifar_cnn:
+          # a step of 480 images 397 ms against 625 ms (2 threads), 158 FixMatch steps in 90 s against 151.
+          # augment_on=trainer: the loader only decodes, the trainer augments the batch (2-4 % of a step), so
+          # the trainer's 2 threads get both cores: 186 steps in 90 s with no loader worker, 160 with one,
+          # 112 with the loader augmenting (1 thread, 1 worker).
+          "amp=off", "channels_last=on", "augment_on=trainer", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
           "log_every=50", "threshold=0.95"]
 PER_STRATEGY = {
     "supervised": ["batch_size=64"],
@@ -100,12 +104,28 @@ def prepare(work: Path, val_per_class: int) -> Path:
     return shards
 
 
+def mean_images_per_s(run_dir: Path) -> float | None:
+    """Training images per second (every view through the net: 32 + 2 x 7 x 32 a FixMatch step) over
+    the run's train log lines, the first left out: it holds the warm-up."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    speeds = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "train" and isinstance(rec.get("images_per_s"), (int, float)):
+            speeds.append(float(rec["images_per_s"]))
+    return statistics.mean(speeds[1:]) if len(speeds) > 1 else (speeds[0] if speeds else None)
+
+
 def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Path) -> list[dict]:
     """Run `jobs` side by side, each as its own `jobs/train.py` process; a finished run's folder
     answers with its result.json at once, so an interrupted benchmark picks up where it stopped."""
-    sweep = f"budget{args.budget_min:g}min-x{args.parallel}"
-    if (args.threads, args.workers) != (1, 1):
-        sweep += f"-t{args.threads}w{args.workers}"
+    sweep = f"budget{args.budget_min:g}min-x{args.parallel}-t{args.threads}w{args.workers}"
     if args.extra:  # runs with other settings are other runs, not finished ones to answer from
         sweep += "," + ",".join(args.extra).replace("/", "_")
     logs = args.work / "logs" / sweep
@@ -126,10 +146,11 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
         if proc.returncode != 0:
             raise SystemExit(f"accuracy: {strategy} seed {seed} exited {proc.returncode}; see {log_path}")
         result = json.loads(out)
+        result["images_per_s"] = mean_images_per_s(args.work / "runs" / sweep / f"{strategy},seed={seed}")
         results.append(result)
         print(json.dumps({"strategy": strategy, "seed": seed, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
                           "steps": result["steps"], "budget_steps": result.get("budget_steps"),
-                          "elapsed_s": result["elapsed_s"]}), flush=True)
+                          "images_per_s": result["images_per_s"], "elapsed_s": result["elapsed_s"]}), flush=True)
     return results
 
 
@@ -142,8 +163,9 @@ def main() -> int:
                         help="runs side by side (in order: a strategy's seeds together, so each strategy meets the same contention)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cifar10-bench"))
     parser.add_argument("--val-per-class", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--workers", type=int, default=1, help="loader worker processes per run")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="loader worker processes per run (0: decode in the trainer, which then has both cores)")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args()
     try:
@@ -167,15 +189,17 @@ def main() -> int:
             rows.setdefault(strategy, []).append(result)
     print(f"\nCIFAR-10, 250 labels, 10,000 test images, {args.budget_min:g} min per run, "
           f"{args.parallel} run(s) at a time, seeds {args.seeds}, {(time.time() - t0) / 60:.0f} min in all")
-    print("| strategy | test acc % (mean +- std) | per seed | steps (mean) |")
-    print("|---|---|---|---|")
+    print("| strategy | test acc % (mean +- std) | per seed | steps (mean) | images/s (mean) |")
+    print("|---|---|---|---|---|")
     means = {}
     for strategy, results in rows.items():
         accs = [100 * (r["test_acc"] if r["test_acc"] is not None else float("nan")) for r in results]
         means[strategy] = statistics.mean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         steps = statistics.mean(r["steps"] for r in results)
-        print(f"| {strategy} | {means[strategy]:.2f} +- {std:.2f} | {' / '.join(f'{a:.1f}' for a in accs)} | {steps:.0f} |")
+        speeds = [r["images_per_s"] for r in results if r.get("images_per_s") is not None]
+        speed = f"{statistics.mean(speeds):.0f}" if speeds else "-"
+        print(f"| {strategy} | {means[strategy]:.2f} +- {std:.2f} | {' / '.join(f'{a:.1f}' for a in accs)} | {steps:.0f} | {speed} |")
     if "supervised" in means:
         for strategy, mean in means.items():
             if strategy != "supervised":

@@ -31,12 +31,12 @@ def test_runs_side_by_side_stop_on_budget_and_a_rerun_collects_them(digits, tmp_
     assert [(r["strategy"], r["seed"]) for r in results] == jobs
     for r in results:
         assert r["stopped_by"] == "budget_s" and 0 < r["steps"] < 1_000_000 and 0 <= r["val_acc"] <= 1
-        assert r["elapsed_s"] >= 3
+        assert r["elapsed_s"] >= 3 and r["images_per_s"] > 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["strategy"], line["val_acc"]) for line in lines] == [(r["strategy"], r["val_acc"]) for r in results]
-    sweep = tmp_path / "runs" / "budget0.05min-x2"
+    sweep = tmp_path / "runs" / "budget0.05min-x2-t1w0,batch_size=8,mu=2,log_every=5"
     assert sorted(p.name for p in sweep.iterdir()) == ["fixmatch,seed=42", "supervised,seed=42"]
-    assert (tmp_path / "logs" / "budget0.05min-x2" / "fixmatch,seed=42.log").stat().st_size > 0
+    assert (tmp_path / "logs" / "budget0.05min-x2-t1w0,batch_size=8,mu=2,log_every=5" / "fixmatch,seed=42.log").stat().st_size > 0
 
     # A second call finds result.json in each folder and trains nothing.
     again = bench.run_group(jobs, args, digits)
