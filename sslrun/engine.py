@@ -178,7 +178,8 @@ class Trainer:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "cosine":  # FixMatch's cos(7*pi*k / (16*K)): never quite reaches 0
-            return math.cos(7 * math.pi * step / (16 * (self.budget.steps if self.budget else cfg.steps)))
+            progress = self.budget.progress(step) if self.budget else step / cfg.steps
+            return math.cos(7 * math.pi * progress / 16)
         return 1.0
 
     @property

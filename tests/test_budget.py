@@ -38,6 +38,43 @@ def test_estimate_from_the_timed_window_by_hand():
     assert again.steps == 185
 
 
+def test_refit_keeps_the_cosine_continuous_and_follows_a_slower_rate():
+    plan = BudgetSchedule(100.0, 10_000, skip=2, window=4)
+    for step in range(1, 8):  # as above: K = 190 at step 7, anchored at progress 7/10000
+        plan.observe(step, 0.5 * step)
+    assert (plan.steps, plan.anchor_step, plan.anchor_progress) == (190, 7, pytest.approx(7 / 10_000))
+    elapsed = 3.5
+    for step in range(8, 53):  # the run slows to 1 s a step; progress 0.0007 + 0.9993 (step - 7) / 183
+        elapsed += 1.0
+        plan.observe(step, elapsed)
+        assert plan.steps == 190
+    p53 = 7 / 10_000 + (1 - 7 / 10_000) * 46 / 183  # 0.2519: the first step past a quarter
+    assert plan.progress(53) == pytest.approx(p53)
+    plan.observe(53, elapsed + 1.0)  # 46 steps in 46 s since step 7: 1 step/s, 50.5 s left
+    assert plan.steps == 53 + math.floor(0.95 * 50.5 * 1.0) == 100 and plan.refits_done == 1
+    assert plan.progress(53) == pytest.approx(p53) and plan.progress(100) == pytest.approx(1.0)  # no jump, ends at K
+    assert plan.progress(76) == pytest.approx(p53 + (1 - p53) * 23 / 47)
+    again = BudgetSchedule(100.0, 10_000)
+    again.load_state_dict(plan.state_dict())
+    assert again.steps == 100 and again.progress(76) == plan.progress(76)
+    old = BudgetSchedule(100.0, 10_000)
+    old.load_state_dict({"estimate": 190})  # a checkpoint from before the refits: a cosine from 0 to K
+    assert old.progress(95) == pytest.approx(0.5)
+
+
+def test_refit_points_passed_inside_a_window_are_not_made_up():
+    plan = BudgetSchedule(10.0, 10_000, skip=0, window=4, safety=1.0)
+    for step in range(1, 6):  # mark at step 1, K at step 5: 4 steps in 4 s, 5 s left -> 10
+        plan.observe(step, float(step))
+    assert plan.steps == 10
+    plan.observe(6, 6.0)  # progress 0.2, 0.4, 0.6 at steps 6-8: past 0.25 and 0.5, but under a window since step 5
+    for step in range(7, 9):
+        plan.observe(step, float(step))
+    assert plan.steps == 10 and plan.refits_done == 0
+    plan.observe(9, 9.0)  # 4 steps since step 5 and past 0.25, 0.5, 0.75 (progress 0.8): one refit
+    assert plan.refits_done == 3 and plan.steps == 10 and plan.anchor_step == 9
+
+
 def test_estimate_is_capped_at_steps_and_starts_after_a_resume():
     plan = BudgetSchedule(1000.0, 50, skip=1, window=2)
     for step in range(21, 25):  # a resumed attempt: its first step is 21
@@ -77,9 +114,12 @@ def test_budgeted_cosine_runs_to_its_estimate(digits, tmp_path, monkeypatch, cap
     assert len(said) == 1 and f"at step {n} of 100000 after" in said[0]
     assert said[0].endswith("the time is spent") or (n == k and said[0].endswith(f"the {k} steps estimated to fit it are done"))
     # the cosine ran to the estimate, not to steps=100000 (where the last lr would still be ~0.05)
-    assert _last_lr(cfg.run_dir()) == pytest.approx(0.05 * math.cos(7 * math.pi * n / (16 * k)), rel=1e-6)
     state = torch.load(cfg.run_dir() / "ckpt" / "last.pt", weights_only=True)
-    assert state["budget"] == {"estimate": k}
+    assert state["budget"]["estimate"] == k
+    plan = BudgetSchedule(4.0, 100_000)
+    plan.load_state_dict(state["budget"])
+    assert _last_lr(cfg.run_dir()) == pytest.approx(0.05 * math.cos(7 * math.pi * plan.progress(n) / 16), rel=1e-6)
+    assert n < k or plan.progress(n) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
@@ -99,11 +139,15 @@ def test_budget_estimate_survives_a_restart(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(Supervised, "compute_loss", stop_at_8)
     with pytest.raises(Interrupted):
         run(cfg)
-    k = torch.load(cfg.run_dir() / "ckpt" / "last.pt", weights_only=True)["budget"]["estimate"]
+    saved = torch.load(cfg.run_dir() / "ckpt" / "last.pt", weights_only=True)["budget"]
+    k = saved["estimate"]
     assert k > 9
     monkeypatch.setattr(Supervised, "compute_loss", real)
     # a resumed attempt would time a new window and find another K: the saved one must win
     monkeypatch.setattr(budget.BudgetSchedule, "observe", lambda self, *a: self.estimate or setattr(self, "estimate", 7))
     result = run(cfg)
     assert result["restarts"] == 1 and result["budget_steps"] == k
-    assert _last_lr(cfg.run_dir()) == pytest.approx(0.05 * math.cos(7 * math.pi * result["steps"] / (16 * k)), rel=1e-6)
+    plan = BudgetSchedule(4.0, 100_000)
+    plan.load_state_dict(saved)
+    assert _last_lr(cfg.run_dir()) == pytest.approx(0.05 * math.cos(7 * math.pi * plan.progress(result["steps"]) / 16),
+                                                    rel=1e-6)
