@@ -54,6 +54,7 @@ PER_STRATEGY = {
     "classical": ["batch_size=32", "mu=7"],
     "fixmatch": ["batch_size=32", "mu=7"],
     "flexmatch": ["batch_size=32", "mu=7"],
+    "freematch": ["batch_size=32", "mu=7"],
     "permanent": ["batch_size=64", "extra.label_every=300"],
     # phases in steps, sized for about ten rounds in 20 minutes at a third of the machine (4-5 steps/s)
     "local": ["batch_size=64", "extra.local_warmup=500", "extra.pseudo_steps=400", "extra.retrain_steps=100"],
