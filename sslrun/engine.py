@@ -328,7 +328,11 @@ class Trainer:
                 if self.step == first_step:
                     self._log_startup()
                 if self.budget is not None:
+                    planned = self.budget.steps
                     self.budget.observe(self.step, self.elapsed_s + time.time() - self._t_start, self._agree_min)
+                    if self.budget.anchor_step == self.step and self.info.is_main:
+                        log.info("budget_s=%g: the cosine now ends at step %d (was %d), %.0f %% of it done at step %d",
+                                 cfg.budget_s, self.budget.steps, planned, 100 * self.budget.progress(self.step), self.step)
                 n_img += sum(v.shape[0] for v in (batch.x, batch.u_weak, batch.u_strong) if v is not None) * self.info.world
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.time()

@@ -113,6 +113,10 @@ def test_budgeted_cosine_runs_to_its_estimate(digits, tmp_path, monkeypatch, cap
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("budget_s=4: stopping")]
     assert len(said) == 1 and f"at step {n} of 100000 after" in said[0]
     assert said[0].endswith("the time is spent") or (n == k and said[0].endswith(f"the {k} steps estimated to fit it are done"))
+    # every estimate is logged, the last one the K in result.json
+    plans = [r.getMessage() for r in caplog.records if "the cosine now ends at step" in r.getMessage()]
+    assert plans and plans[0].startswith("budget_s=4: the cosine now ends at step") and "(was 100000)" in plans[0]
+    assert f"ends at step {k} (was" in plans[-1]
     # the cosine ran to the estimate, not to steps=100000 (where the last lr would still be ~0.05)
     state = torch.load(cfg.run_dir() / "ckpt" / "last.pt", weights_only=True)
     assert state["budget"]["estimate"] == k
