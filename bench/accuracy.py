@@ -44,9 +44,9 @@ COMMON = ["model=cifar_cnn", "image_size=32", "lr=0.03", "nesterov=true", "sched
           # fp32: bf16 autocast made a test_resnet FixMatch step (480 images, 32 px) 6x slower on this
           # 2-core CPU (1.34 s against 0.22 s; the CPU has no bf16 units). channels_last alone helps cifar_cnn:
           # a step of 480 images 397 ms against 625 ms (2 threads), 158 FixMatch steps in 90 s against 151.
-          # augment_on=trainer: the loader only decodes, the trainer augments the batch (2-4 % of a step), so
-          # the trainer's 2 threads get both cores: 186 steps in 90 s with no loader worker, 160 with one,
-          # 112 with the loader augmenting (1 thread, 1 worker).
+          # augment_on=trainer: the loader only decodes, the trainer augments the batch (34 ms beside a 397 ms
+          # step), so the trainer's 2 threads get both cores: 186 steps in 90 s with no loader worker, 158 with
+          # one, 112 at 1 thread and 1 worker, 100 with the loader augmenting (1 thread, 1 worker).
           "amp=off", "channels_last=on", "augment_on=trainer", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
           "log_every=50", "threshold=0.95"]
 PER_STRATEGY = {
@@ -108,18 +108,10 @@ def prepare(work: Path, val_per_class: int) -> Path:
 def mean_images_per_s(run_dir: Path) -> float | None:
     """Training images per second (every view through the net: 32 + 2 x 7 x 32 a FixMatch step) over
     the run's train log lines, the first left out: it holds the warm-up."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return None
-    speeds = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("kind") == "train" and isinstance(rec.get("images_per_s"), (int, float)):
-            speeds.append(float(rec["images_per_s"]))
+    from sslrun import run_folder
+
+    speeds = [float(rec["images_per_s"]) for rec in run_folder.read_jsonl(run_dir / run_folder.METRICS).records
+              if rec.get("kind") == "train" and isinstance(rec.get("images_per_s"), (int, float))]
     return statistics.mean(speeds[1:]) if len(speeds) > 1 else (speeds[0] if speeds else None)
 
 
