@@ -3,22 +3,51 @@
 One forward over labeled + weak + strong together, so batch-norm statistics see all three
 (the reference implementation does the same); targets come from the weak view's logits
 under no_grad, so no gradient flows through the pseudo-labels.
+
+`extra.dist_align=true` adds ReMixMatch's distribution alignment (Berthelot et al. 2020) to the
+weak view's softmax before the threshold: p <- Normalize(p * p_target / p_model), p_model the
+moving average (momentum `extra.da_momentum`) of the weak-view softmax over every unlabeled
+sample of the step (gathered over ranks, so every rank holds the same average), started at the
+first step's mean, p_target uniform. Why: with 25 labels a class, an early model piles its
+confident predictions on a few classes, and the fixed 0.95 threshold then teaches it those
+classes; alignment divides that bias out before anything is kept.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sslrun import distributed
+from sslrun.config import Key
 from sslrun.strategies.base import Batch, LogValue, Mix, StepInfo, Strategy, labeled_ce, pseudo_label_stats
 from sslrun.strategies.registry import register
+
+
+def align_distribution(probs: Tensor, p_model: Tensor) -> Tensor:
+    """ReMixMatch's alignment to a uniform target: each row times 1 / p_model, renormalised."""
+    aligned = probs / p_model.clamp_min(1e-6)
+    return aligned / aligned.sum(dim=1, keepdim=True)
 
 
 @register
 class FixMatch(Strategy):
     name = "fixmatch"
     unlabeled_views = ("weak", "strong")
+    extra_keys = {
+        "dist_align": Key("bool", default=False),
+        "da_momentum": Key("float", 0, 1, hi_open=True, default=0.999,
+                           doc="momentum of distribution alignment's moving average, in [0, 1)"),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dist_align = bool(self.extra_value("dist_align"))
+        self.da_momentum = float(self.extra_number("da_momentum"))
+        self.da_p_model: Tensor | None = None  # None until the first step
 
     def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
         assert batch.u_weak is not None and batch.u_strong is not None
@@ -28,12 +57,25 @@ class FixMatch(Strategy):
         logits_x, logits_w, logits_s = logits[:n], logits[n:n + m], logits[n + m:]
         return self.loss_from_logits(logits_x, batch.y, logits_w, logits_s, batch.u_truth, info, mix, batch.u_index)
 
+    def weak_probs(self, logits_w: Tensor) -> Tensor:
+        """The weak view's softmax the pseudo-labels come from (aligned when extra.dist_align)."""
+        probs = torch.softmax(logits_w.detach().float(), dim=1)
+        if not self.dist_align:
+            return probs
+        mean = distributed.all_gather_cat(probs).mean(0)
+        if self.da_p_model is None:
+            self.da_p_model = mean
+        else:
+            m = self.da_momentum
+            self.da_p_model = m * self.da_p_model.to(mean.device) + (1 - m) * mean
+        return align_distribution(probs, self.da_p_model)
+
     def loss_from_logits(self, logits_x: Tensor, y: Tensor, logits_w: Tensor, logits_s: Tensor,
                          truth: Tensor | None, info: StepInfo, mix: Mix | None = None,
                          u_index: Tensor | None = None) -> tuple[Tensor, dict[str, LogValue]]:
         loss_s = labeled_ce(logits_x, y, mix)
         with torch.no_grad():
-            probs = torch.softmax(logits_w.detach().float(), dim=1)
+            probs = self.weak_probs(logits_w)
             conf, labels = probs.max(dim=1)
             tau = self.thresholds(conf, labels, info, u_index)
             mask = conf >= tau
@@ -50,3 +92,10 @@ class FixMatch(Strategy):
 
     def extra_logs(self) -> dict[str, Tensor]:
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.da_p_model is None else {"da_p_model": self.da_p_model.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "da_p_model" in state:
+            self.da_p_model = state["da_p_model"].clone().float()

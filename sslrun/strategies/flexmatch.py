@@ -87,8 +87,9 @@ class FlexMatch(FixMatch):
                 "unused_rate": (self.selected < 0).float().mean()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"selected": self.selected.clone()}
+        return {**super().state_dict(), "selected": self.selected.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         if "selected" in state:
             self.selected = state["selected"].clone().long()
