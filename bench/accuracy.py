@@ -40,14 +40,16 @@ TAR = REPO.parent / "shared" / "data" / "cifar10-train-jpg.tar"  # ../shared bes
 # cifar_cnn, not test_resnet: test_resnet ends a 32 px image as one pixel. FixMatch on it was at 34-38 %
 # (argmax on the unlabeled set) at step 1,700 for seeds 42-44, pseudo-labels over 0.95 about 50 % right;
 # on cifar_cnn, 41 % validation accuracy at step 600 (seed 42) against 36 % for test_resnet.
-COMMON = ["model=cifar_cnn", "image_size=32", "lr=0.03", "nesterov=true", "schedule=cosine", "ema_decay=0.99",
-          # fp32: bf16 autocast made a test_resnet FixMatch step (480 images, 32 px) 6x slower on this
-          # 2-core CPU (1.34 s against 0.22 s; the CPU has no bf16 units). channels_last alone helps cifar_cnn:
-          # a step of 480 images 397 ms against 625 ms (2 threads), 158 FixMatch steps in 90 s against 151.
+# The backbone by precision: where bf16 runs natively, cifar_cnn_wide's step is 1.8x cifar_cnn's
+# (258 against 144 ms a 480-image step); in fp32 it is 3.1-3.3x, and steps were worth more than width.
+MODEL_AUTO = {"bf16": "cifar_cnn_wide", "off": "cifar_cnn"}
+COMMON = ["image_size=32", "lr=0.03", "nesterov=true", "schedule=cosine", "ema_decay=0.99",
+          # channels_last helps cifar_cnn: a step of 480 images 397 ms against 625 ms (2 threads, AVX2 CPU),
+          # 158 FixMatch steps in 90 s against 151.
           # augment_on=trainer: the loader only decodes, the trainer augments the batch (34 ms beside a 397 ms
           # step), so the trainer's 2 threads get both cores: 186 steps in 90 s with no loader worker, 158 with
           # one, 112 at 1 thread and 1 worker, 100 with the loader augmenting (1 thread, 1 worker).
-          "amp=off", "channels_last=on", "augment_on=trainer", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
+          "channels_last=on", "augment_on=trainer", "steps=1000000", "eval_every=1000000", "ckpt_every=1000000",
           "log_every=50", "threshold=0.95"]
 PER_STRATEGY = {
     "supervised": ["batch_size=64"],
@@ -115,10 +117,31 @@ def mean_images_per_s(run_dir: Path) -> float | None:
     return statistics.mean(speeds[1:]) if len(speeds) > 1 else (speeds[0] if speeds else None)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU's own units (AVX512-BF16 or AMX). Why it decides the
+    precision: with them, bf16 autocast makes a 480-image cifar_cnn step 1.35x and a cifar_cnn_wide
+    step 2.4x cheaper (channels_last, 2 threads); without them (an AVX2 EPYC), bf16 made a
+    test_resnet step 6x slower (1.34 s against 0.22 s)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_auto(args: argparse.Namespace) -> None:
+    """`--amp auto` -> bf16 where the CPU has bf16 units, else off; `--model auto` -> MODEL_AUTO[amp]."""
+    if args.amp == "auto":
+        args.amp = "bf16" if cpu_has_bf16() else "off"
+    if args.model == "auto":
+        args.model = MODEL_AUTO[args.amp]
+
+
 def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Path) -> list[dict]:
     """Run `jobs` side by side, each as its own `jobs/train.py` process; a finished run's folder
     answers with its result.json at once, so an interrupted benchmark picks up where it stopped."""
-    sweep = f"budget{args.budget_min:g}min-x{args.parallel}-t{args.threads}w{args.workers}"
+    sweep = f"budget{args.budget_min:g}min-x{args.parallel}-t{args.threads}w{args.workers}-{args.model}-{args.amp}"
     if args.extra:  # runs with other settings are other runs, not finished ones to answer from
         sweep += "," + ",".join(args.extra).replace("/", "_")
     logs = args.work / "logs" / sweep
@@ -126,7 +149,7 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
     started = []
     for strategy, seed in jobs:
         name = f"{strategy},seed={seed}"
-        items = [*COMMON, *PER_STRATEGY.get(strategy, []), f"strategy={strategy}", f"seed={seed}",
+        items = [f"model={args.model}", f"amp={args.amp}", *COMMON, *PER_STRATEGY.get(strategy, []), f"strategy={strategy}", f"seed={seed}",
                  f"budget_s={args.budget_min * 60}", f"threads={args.threads}", f"workers={args.workers}", *args.extra,
                  f"data={shards}", f"root={args.work / 'runs'}", f"sweep={sweep}", f"name={name}"]
         log_path = logs / f"{name}.log"
@@ -159,6 +182,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--workers", type=int, default=0,
                         help="loader worker processes per run (0: decode in the trainer, which then has both cores)")
+    parser.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                        help="auto: bf16 where the CPU has bf16 units (AVX512-BF16, AMX), else fp32")
+    parser.add_argument("--model", default="auto", help=f"auto: {MODEL_AUTO['bf16']} under bf16, {MODEL_AUTO['off']} in fp32")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args()
     try:
@@ -172,6 +198,8 @@ def main() -> int:
     unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
     if unknown:
         parser.error(f"--strategies: unknown '{unknown[0]}' (expected some of {', '.join(sorted(STRATEGIES))})")
+    resolve_auto(args)
+    print(f"accuracy: model={args.model} amp={args.amp} threads={args.threads} workers={args.workers}", flush=True)
     shards = prepare(args.work, args.val_per_class)
     jobs = [(strategy, seed) for strategy in args.strategies.split(",") for seed in seeds]
     rows: dict[str, list[dict]] = {}

@@ -24,7 +24,7 @@ def _bench():
 
 def test_runs_side_by_side_stop_on_budget_and_a_rerun_collects_them(digits, tmp_path, capsys):
     bench = _bench()
-    args = argparse.Namespace(budget_min=0.05, parallel=2, work=tmp_path, threads=1, workers=0,
+    args = argparse.Namespace(budget_min=0.05, parallel=2, work=tmp_path, threads=1, workers=0, model="cifar_cnn", amp="off",
                               extra=["batch_size=8", "mu=2", "log_every=5"])
     jobs = [("supervised", 42), ("fixmatch", 42)]
     results = bench.run_group(jobs, args, digits)
@@ -34,9 +34,9 @@ def test_runs_side_by_side_stop_on_budget_and_a_rerun_collects_them(digits, tmp_
         assert r["elapsed_s"] >= 3 and r["images_per_s"] > 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["strategy"], line["val_acc"]) for line in lines] == [(r["strategy"], r["val_acc"]) for r in results]
-    sweep = tmp_path / "runs" / "budget0.05min-x2-t1w0,batch_size=8,mu=2,log_every=5"
+    sweep = tmp_path / "runs" / "budget0.05min-x2-t1w0-cifar_cnn-off,batch_size=8,mu=2,log_every=5"
     assert sorted(p.name for p in sweep.iterdir()) == ["fixmatch,seed=42", "supervised,seed=42"]
-    assert (tmp_path / "logs" / "budget0.05min-x2-t1w0,batch_size=8,mu=2,log_every=5" / "fixmatch,seed=42.log").stat().st_size > 0
+    assert (tmp_path / "logs" / "budget0.05min-x2-t1w0-cifar_cnn-off,batch_size=8,mu=2,log_every=5" / "fixmatch,seed=42.log").stat().st_size > 0
 
     # A second call finds result.json in each folder and trains nothing.
     again = bench.run_group(jobs, args, digits)
@@ -46,7 +46,8 @@ def test_runs_side_by_side_stop_on_budget_and_a_rerun_collects_them(digits, tmp_
 
 def test_a_failing_run_names_its_log(digits, tmp_path):
     bench = _bench()
-    args = argparse.Namespace(budget_min=0.05, parallel=1, work=tmp_path, threads=1, workers=0, extra=["model=no_such_net"])
+    args = argparse.Namespace(budget_min=0.05, parallel=1, work=tmp_path, threads=1, workers=0, model="no_such_net",
+                              amp="off", extra=[])
     with pytest.raises(SystemExit, match=r"supervised seed 42 exited 2; see .*supervised,seed=42\.log"):
         bench.run_group([("supervised", 42)], args, digits)
 
@@ -95,3 +96,17 @@ def test_carved_test_split_is_disjoint_seeded_and_resumable(tmp_path):
     assert len(ids["test"]) == 30 and (load_split(manifest, "test").label >= 0).all()
     assert not ids["test"] & (ids["train"] | ids["val"] | ids["unlabeled"])
     assert len(ids["train"] | ids["val"] | ids["unlabeled"]) == 60
+
+
+def test_auto_precision_picks_the_net_that_suits_it():
+    bench = _bench()
+    assert isinstance(bench.cpu_has_bf16(), bool)
+    args = argparse.Namespace(amp="off", model="auto")
+    bench.resolve_auto(args)
+    assert (args.amp, args.model) == ("off", "cifar_cnn")
+    args = argparse.Namespace(amp="bf16", model="auto")
+    bench.resolve_auto(args)
+    assert (args.amp, args.model) == ("bf16", "cifar_cnn_wide")
+    args = argparse.Namespace(amp="auto", model="test_resnet")  # a named model is kept
+    bench.resolve_auto(args)
+    assert args.model == "test_resnet" and args.amp == ("bf16" if bench.cpu_has_bf16() else "off")

@@ -22,6 +22,13 @@ def test_registered_in_timm_and_keeps_resolution_until_three_poolings():
     assert data_config(model) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def test_the_wide_variant_doubles_the_channels():
+    model = create_model("cifar_cnn_wide", 10)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 128, 4, 4)
+    assert model.pretrained_cfg["architecture"] == "cifar_cnn_wide"
+    assert 0.28e6 < sum(p.numel() for p in model.parameters()) < 0.3e6
+
+
 def test_frozen_trains_the_head_alone_and_a_pretrained_tag_is_one_clear_error():
     model = create_model("cifar_cnn", 48, frozen=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]

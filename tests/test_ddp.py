@@ -69,16 +69,20 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["threshold=0", "extra.dist_align=true", "extra.da_momentum=0.5"]],
+                         ids=["fixmatch", "dist_align"])
+def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, tmp_path, extra):
     """Rank r reads its slice of the same global batch, each sample augmented by its own seed,
     and DDP averages the two half-batch gradients: the global-batch gradient. A GroupNorm net
     (no batch statistics to differ per rank), no MixUp. Float sums in another order are the only
     difference: measured here 1.3e-7 on weights that moved by 3e-2 in 12 steps (an all_reduce
     adds two partial sums where one rank adds one long sum), so 1e-4 is a loose bound that still
-    fails at once if a rank reads other samples (differences then are of order 1e-2)."""
+    fails at once if a rank reads other samples (differences then are of order 1e-2). With
+    distribution alignment (every sample kept, so the aligned labels are what is learned), the
+    average must be over the global batch, gathered from both ranks, for the two runs to agree."""
     common = ["model=test_efficientnet_gn", "image_size=32", "steps=12", "mu=2", "eval_every=12", "ckpt_every=12",
               "log_every=3", "threads=1", "workers=0", f"data={digits}", f"root={tmp_path}", "sweep=eq",
-              "strategy=fixmatch", "ema_decay=0"]
+              "strategy=fixmatch", "ema_decay=0", *extra]
     train = [sys.executable, str(REPO / "jobs/train.py"), *common]
     _run_ranks([*train, "batch_size=8", "name=one"], 1)
     _run_ranks([*train, "batch_size=4", "name=two"], 2)
