@@ -12,7 +12,8 @@ class by default), the rest unlabeled, and that test split. Runs are scored on t
 (result.json's `test_acc`, EMA weights). Every run gets the same wall-clock budget (`budget_s`;
 the run stops at the first step boundary after it and evaluates) and a cosine schedule sized to
 it (sslrun/budget.py: the step count is estimated from the measured step rate), and the same
-small backbone at 32 px (`cifar_cnn`, sslrun/cifar_cnn.py). Budget-stopped runs are not
+small backbone at 32 px (`--model auto`: `cifar_cnn_wide` under bf16 where the CPU has bf16 units,
+`cifar_cnn` in fp32 elsewhere; sslrun/cifar_cnn.py). Budget-stopped runs are not
 bit-reproducible: a benchmark only.
 Each run is its own `jobs/train.py` process; `--parallel N` runs N side by side, a strategy's
 seeds together, so that every strategy meets the same contention (on 2 cores, FixMatch on
@@ -153,7 +154,7 @@ def run_group(jobs: list[tuple[str, int]], args: argparse.Namespace, shards: Pat
                  f"budget_s={args.budget_min * 60}", f"threads={args.threads}", f"workers={args.workers}", *args.extra,
                  f"data={shards}", f"root={args.work / 'runs'}", f"sweep={sweep}", f"name={name}"]
         log_path = logs / f"{name}.log"
-        with open(log_path, "w") as log_file:
+        with open(log_path, "a") as log_file:  # "a": a rerun answering from result.json keeps the log it trained with
             started.append((log_path, subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), *items],
                                                        stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO)))
     results = []

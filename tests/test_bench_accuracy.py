@@ -38,8 +38,11 @@ def test_runs_side_by_side_stop_on_budget_and_a_rerun_collects_them(digits, tmp_
     assert sorted(p.name for p in sweep.iterdir()) == ["fixmatch,seed=42", "supervised,seed=42"]
     assert (tmp_path / "logs" / "budget0.05min-x2-t1w0-cifar_cnn-off,batch_size=8,mu=2,log_every=5" / "fixmatch,seed=42.log").stat().st_size > 0
 
-    # A second call finds result.json in each folder and trains nothing.
+    # A second call finds result.json in each folder and trains nothing, and keeps the training log.
+    log = tmp_path / "logs" / "budget0.05min-x2-t1w0-cifar_cnn-off,batch_size=8,mu=2,log_every=5" / "fixmatch,seed=42.log"
+    trained = log.read_text()
     again = bench.run_group(jobs, args, digits)
+    assert log.read_text().startswith(trained)
     assert [r["weights_sha256"] for r in again] == [r["weights_sha256"] for r in results]
     assert [r["steps"] for r in again] == [r["steps"] for r in results]
 
