@@ -63,14 +63,12 @@ class CifarCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+_CFG = {"num_classes": 10, "input_size": (3, 32, 32), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "interpolation": "bilinear", "crop_pct": 1.0, "first_conv": "features.0", "classifier": "head"}
 default_cfgs = generate_default_cfgs({
     # No hosted weights: `pretrained=FILE` (timm's pretrained_cfg_overlay=dict(file=...)) only.
-    "cifar_cnn": {"num_classes": 10, "input_size": (3, 32, 32), "mean": IMAGENET_DEFAULT_MEAN,
-                  "std": IMAGENET_DEFAULT_STD, "interpolation": "bilinear", "crop_pct": 1.0,
-                  "first_conv": "features.0", "classifier": "head"},
-    "cifar_cnn_wide": {"num_classes": 10, "input_size": (3, 32, 32), "mean": IMAGENET_DEFAULT_MEAN,
-                       "std": IMAGENET_DEFAULT_STD, "interpolation": "bilinear", "crop_pct": 1.0,
-                       "first_conv": "features.0", "classifier": "head"},
+    "cifar_cnn": dict(_CFG),
+    "cifar_cnn_wide": dict(_CFG),
 })
 
 

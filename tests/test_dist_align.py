@@ -54,7 +54,7 @@ def test_without_alignment_the_same_logits_keep_the_biased_label(tmp_path):
     assert logs["pl_acc"].item() == 0.5 and strat.da_p_model is None and strat.state_dict() == {}
 
 
-@pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch"])
+@pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch", "freematch"])
 def test_alignment_state_survives_a_restart(tmp_path, strategy):
     cfg = _cfg(tmp_path, strategy=strategy, dist_align="true")
     strat = create_strategy(cfg, 3)

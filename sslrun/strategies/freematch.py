@@ -96,7 +96,7 @@ class FreeMatch(FixMatch):
                          u_index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         loss_s = labeled_ce(logits_x, y, mix)
         with torch.no_grad():
-            probs = torch.softmax(logits_w.detach().float(), dim=1)
+            probs = self.weak_probs(logits_w)  # FixMatch's: aligned when extra.dist_align
             self.update(probs)
             conf, labels = probs.max(dim=1)
             class_tau = self.class_thresholds()
@@ -112,10 +112,11 @@ class FreeMatch(FixMatch):
         return loss, logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"time_p": self.time_p.detach().cpu().clone(), "p_model": self.p_model.detach().cpu().clone(),
+        return {**super().state_dict(), "time_p": self.time_p.detach().cpu().clone(), "p_model": self.p_model.detach().cpu().clone(),
                 "label_hist": self.label_hist.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         for key in ("time_p", "p_model", "label_hist"):
             if key in state:
                 setattr(self, key, state[key].clone().float())
