@@ -156,6 +156,7 @@ class Trainer:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, device=self.device) if cfg.ema_decay > 0 else None
+        self.strategy.teacher = self.ema.module if self.ema is not None else None
         decay, no_decay = [], []
         for p in model.parameters():
             if p.requires_grad:

@@ -94,6 +94,8 @@ class Strategy:
         self.mixup_alpha = self.extra_number("mixup", 0.0)
         self.num_unlabeled = 0
         self.epoch_steps = 1
+        # The EMA model, set by the engine when ema_decay > 0: a strategy may take targets from it.
+        self.teacher: nn.Module | None = None
 
     @property
     def needs_unlabeled(self) -> bool:

@@ -1,0 +1,79 @@
+"""extra.weak_pass=no_grad: the weak view forwarded apart, without gradients, gives the joint
+forward's loss and gradients on a net with no batch statistics, and really runs without grad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sslrun.config import make_config
+from sslrun.errors import UserError
+from sslrun.strategies import create_strategy
+from sslrun.strategies.base import Batch, StepInfo
+
+
+class _Recorder(nn.Module):
+    """A linear net that notes each forward's batch size and whether gradients were on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.shape[0], torch.is_grad_enabled()))
+        return self.fc(x.flatten(1))
+
+
+def _loss_and_grad(tmp_path, strategy: str, weak_pass: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]]]:
+    cfg = make_config({"root": str(tmp_path), "strategy": strategy, "threshold": "0.4", "lambda_u": "1.0",
+                       "extra.weak_pass": weak_pass})
+    strat = create_strategy(cfg, 3)
+    strat.setup(8, 1)
+    torch.manual_seed(0)
+    net = _Recorder()
+    gen = torch.Generator().manual_seed(1)
+    batch = Batch(x=torch.randn(2, 3, 2, 2, generator=gen), y=torch.tensor([0, 2]),
+                  u_weak=torch.randn(6, 3, 2, 2, generator=gen) * 3, u_strong=torch.randn(6, 3, 2, 2, generator=gen),
+                  u_index=torch.arange(6), u_truth=torch.tensor([0, 1, 2, 0, 1, 2]))
+    loss, logs = strat.compute_loss(net, batch, StepInfo(0, 0.0))
+    loss.backward()
+    assert logs["mask_rate"].item() > 0  # the unlabeled loss takes part, so its gradient is compared too
+    return loss.item(), net.fc.weight.grad.clone(), net.calls
+
+
+@pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch", "freematch"])
+def test_apart_without_grad_equals_the_joint_forward(tmp_path, strategy):
+    joint_loss, joint_grad, joint_calls = _loss_and_grad(tmp_path, strategy, "joint")
+    apart_loss, apart_grad, apart_calls = _loss_and_grad(tmp_path, strategy, "no_grad")
+    assert joint_calls == [(14, True)]
+    assert apart_calls == [(6, False), (8, True)]  # weak view alone without grad, then labeled + strong
+    assert apart_loss == pytest.approx(joint_loss, rel=1e-6)
+    assert torch.allclose(apart_grad, joint_grad, atol=1e-7)
+
+
+def test_weak_pass_is_checked(tmp_path):
+    with pytest.raises(UserError, match="extra.weak_pass=apart"):
+        create_strategy(make_config({"root": str(tmp_path), "strategy": "fixmatch", "extra.weak_pass": "apart"}), 3)
+
+
+def test_ema_pass_takes_the_targets_from_the_teacher(tmp_path):
+    cfg = make_config({"root": str(tmp_path), "strategy": "fixmatch", "threshold": "0.0", "extra.weak_pass": "ema"})
+    strat = create_strategy(cfg, 3)
+    student, teacher = _Recorder(), _Recorder()
+    with torch.no_grad():  # a teacher that is sure of class 2 for every sample
+        teacher.fc.weight.zero_()
+        teacher.fc.bias.copy_(torch.tensor([0.0, 0.0, 9.0]))
+    strat.teacher = teacher
+    batch = Batch(x=torch.randn(2, 3, 2, 2), y=torch.tensor([0, 1]), u_weak=torch.randn(4, 3, 2, 2),
+                  u_strong=torch.randn(4, 3, 2, 2), u_truth=torch.tensor([2, 2, 2, 0]))
+    _, logs = strat.compute_loss(student, batch, StepInfo(0, 0.0))
+    assert teacher.calls == [(4, False)] and student.calls == [(6, True)]
+    assert logs["pl_acc"].item() == pytest.approx(0.75)  # the teacher's labels (all 2), not the student's
+
+
+def test_ema_pass_needs_an_ema_model(tmp_path):
+    with pytest.raises(UserError, match="extra.weak_pass=ema .*ema_decay=0"):
+        create_strategy(make_config({"root": str(tmp_path), "strategy": "fixmatch", "extra.weak_pass": "ema",
+                                     "ema_decay": "0"}), 3)
