@@ -29,6 +29,13 @@ def test_the_wide_variant_doubles_the_channels():
     assert 0.28e6 < sum(p.numel() for p in model.parameters()) < 0.3e6
 
 
+def test_the_wider_variant_has_one_and_a_half_times_the_wide_channels():
+    model = create_model("cifar_cnn_wider", 10)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 192, 4, 4)
+    assert model.pretrained_cfg["architecture"] == "cifar_cnn_wider"
+    assert 0.6e6 < sum(p.numel() for p in model.parameters()) < 0.7e6
+
+
 def test_frozen_trains_the_head_alone_and_a_pretrained_tag_is_one_clear_error():
     model = create_model("cifar_cnn", 48, frozen=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
