@@ -91,7 +91,7 @@ def cifar_cnn_wide(pretrained: bool = False, **kwargs: Any) -> CifarCNN:
 @register_model
 def cifar_cnn_wider(pretrained: bool = False, **kwargs: Any) -> CifarCNN:
     """1.5x the channels of `cifar_cnn_wide` (48/96/192, 0.65M parameters, 2.2x its multiply-adds).
-    Why a third size: with the weak view forwarded without gradients (`extra.weak_pass=no_grad`),
-    a step of this net costs about what a step of the wide net costs with it, so the two can be
-    compared at the same step count (capacity, not steps, is what FixMatch lacked at the budget)."""
+    Why a third size: the weak view forwarded without gradients (`extra.weak_pass=no_grad|ema`)
+    made the wide net's step 1.8x cheaper, about what this net's extra multiply-adds cost, so it is
+    the next size to try at the same step count (bench/RESULTS-accuracy.md says whether it was)."""
     return build_model_with_cfg(CifarCNN, "cifar_cnn_wider", pretrained, widths=(48, 96, 192), stem=24, **kwargs)
