@@ -3,10 +3,14 @@ forward's loss and gradients on a net with no batch statistics, and really runs 
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import FAST, _train
 from sslrun.config import make_config
 from sslrun.errors import UserError
 from sslrun.strategies import create_strategy
@@ -77,3 +81,21 @@ def test_ema_pass_needs_an_ema_model(tmp_path):
     with pytest.raises(UserError, match="extra.weak_pass=ema .*ema_decay=0"):
         create_strategy(make_config({"root": str(tmp_path), "strategy": "fixmatch", "extra.weak_pass": "ema",
                                      "ema_decay": "0"}), 3)
+
+
+@pytest.mark.slow
+def test_ema_pass_run_resumes_exactly_with_its_teacher_restored(digits, tmp_path):
+    """The teacher is the EMA model the checkpoint restores in place: a run cut after step 8 and
+    resumed must end with the uninterrupted run's weights, or its targets came from elsewhere."""
+    common = [*FAST, "strategy=fixmatch", "extra.weak_pass=ema", "ema_decay=0.9", "threshold=0.5",
+              f"data={digits}", f"root={tmp_path}", "sweep=s"]
+    straight = _train([*common, "name=straight"])
+    assert straight["steps"] == 12
+    other = tmp_path / "s" / "cut"
+    shutil.copytree(tmp_path / "s" / "straight", other)
+    cfg = other / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nname: straight\n", "\nname: cut\n"))
+    (other / "result.json").unlink()
+    os.replace(other / "ckpt" / "prev.pt", other / "ckpt" / "last.pt")  # as a kill after step 8 leaves it
+    resumed = _train([*common, "name=cut"])
+    assert resumed["restarts"] == 1 and resumed["weights_sha256"] == straight["weights_sha256"]
