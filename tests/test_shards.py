@@ -396,7 +396,7 @@ def test_ctrl_c_with_workers_stops_cleanly_then_resumes(tmp_path: Path) -> None:
         "import sslrun.data.shard_writer as w\n"
         "real = w.TarShard.add\n"
         "def add(self, key, members):\n"
-        "    time.sleep(0.1)\n"
+        "    time.sleep(0.5)\n"
         "    return real(self, key, members)\n"
         "w.TarShard.add = add\n"
         f"sys.argv = ['build.py', *{args!r}]\n"
@@ -406,8 +406,11 @@ def test_ctrl_c_with_workers_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     p = subprocess.Popen([sys.executable, "-c", slow], env=env, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
-    while not list(out.glob("*.tar")) and time.monotonic() < deadline:
+    while not list(out.glob("*.tar")) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.05)
+    # 15 shards of 2 slowed samples on 2 workers take about 8 s: the signal lands seconds before the
+    # end (at 0.1 s a sample, CI once saw the build finish before it; a starved poll, not a bug).
+    assert p.poll() is None, f"the build ended before the SIGINT was sent: {p.communicate()[1]}"
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
