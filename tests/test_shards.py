@@ -392,7 +392,11 @@ def test_ctrl_c_with_workers_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--labeled", str(tree / "train"), "--out", str(out), "--shard-samples", "2", "-j", "2", "--no-progress"]
     slow = (
-        "import sys, time, runpy\n"
+        "import signal, sys, time, runpy\n"
+        # A shell's background job (`cmd &` without job control, as `nohup bash .ci/run &`) starts
+        # with SIGINT ignored, and Python keeps an inherited SIG_IGN: give the build the handler a
+        # terminal's foreground process has, where Ctrl-C is pressed.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import sslrun.data.shard_writer as w\n"
         "real = w.TarShard.add\n"
         "def add(self, key, members):\n"
@@ -408,8 +412,7 @@ def test_ctrl_c_with_workers_stops_cleanly_then_resumes(tmp_path: Path) -> None:
     deadline = time.monotonic() + 20
     while not list(out.glob("*.tar")) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.05)
-    # 15 shards of 2 slowed samples on 2 workers take about 8 s: the signal lands seconds before the
-    # end (at 0.1 s a sample, CI once saw the build finish before it; a starved poll, not a bug).
+    # 15 shards of 2 slowed samples on 2 workers take about 8 s: the signal lands seconds before the end.
     assert p.poll() is None, f"the build ended before the SIGINT was sent: {p.communicate()[1]}"
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=20)
