@@ -70,6 +70,20 @@ def _train(overrides: list[str]) -> dict:
     return run(make_config(parse_overrides(overrides)))
 
 
+def _cut_and_resume(common: list[str], sweep_dir: Path) -> dict:
+    """Copy `sweep_dir/straight` to `cut` as a kill after step 8 leaves it (no result, last.pt
+    replaced by the step-8 prev.pt) and resume it; returns the resumed run's result."""
+    import shutil
+
+    other = sweep_dir / "cut"
+    shutil.copytree(sweep_dir / "straight", other)
+    cfg = other / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nname: straight\n", "\nname: cut\n"))
+    (other / "result.json").unlink()
+    os.replace(other / "ckpt" / "prev.pt", other / "ckpt" / "last.pt")
+    return _train([*common, "name=cut"])
+
+
 @pytest.fixture(scope="session")
 def small_sweep(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished sweep trained once per session: fixmatch seeds 42 and 43, supervised seed 42.

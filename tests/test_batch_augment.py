@@ -4,14 +4,12 @@ resumes exactly (the generator is seeded by step, not carried in the checkpoint)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import FAST, _train
+from conftest import FAST, _train, _cut_and_resume
 from sslrun.data import batch_augment as A
 from sslrun.errors import UserError
 
@@ -118,11 +116,5 @@ def test_fixmatch_with_batched_augmentation_trains_and_resumes_exactly(digits, t
     metrics = [json.loads(ln) for ln in (tmp_path / "s" / "straight" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     assert train and all(m["images_per_s"] > 0 and "loss_u" in m and "mask_rate" in m for m in train)
-    other = tmp_path / "s" / "cut"
-    shutil.copytree(tmp_path / "s" / "straight", other)
-    cfg = other / "config.yaml"
-    cfg.write_text(cfg.read_text().replace("\nname: straight\n", "\nname: cut\n"))
-    (other / "result.json").unlink()
-    os.replace(other / "ckpt" / "prev.pt", other / "ckpt" / "last.pt")  # as a kill after step 8 leaves it
-    resumed = _train([*common, "name=cut"])
+    resumed = _cut_and_resume(common, tmp_path / "s")
     assert resumed["restarts"] == 1 and resumed["weights_sha256"] == straight["weights_sha256"]

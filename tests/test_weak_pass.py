@@ -3,14 +3,12 @@ forward's loss and gradients on a net with no batch statistics, and really runs 
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import FAST, _train
+from conftest import FAST, _train, _cut_and_resume
 from sslrun.config import make_config
 from sslrun.errors import UserError
 from sslrun.strategies import create_strategy
@@ -91,11 +89,5 @@ def test_ema_pass_run_resumes_exactly_with_its_teacher_restored(digits, tmp_path
               f"data={digits}", f"root={tmp_path}", "sweep=s"]
     straight = _train([*common, "name=straight"])
     assert straight["steps"] == 12
-    other = tmp_path / "s" / "cut"
-    shutil.copytree(tmp_path / "s" / "straight", other)
-    cfg = other / "config.yaml"
-    cfg.write_text(cfg.read_text().replace("\nname: straight\n", "\nname: cut\n"))
-    (other / "result.json").unlink()
-    os.replace(other / "ckpt" / "prev.pt", other / "ckpt" / "last.pt")  # as a kill after step 8 leaves it
-    resumed = _train([*common, "name=cut"])
+    resumed = _cut_and_resume(common, tmp_path / "s")
     assert resumed["restarts"] == 1 and resumed["weights_sha256"] == straight["weights_sha256"]
