@@ -3,7 +3,6 @@ forward's loss and gradients on a net with no batch statistics, and really runs 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
