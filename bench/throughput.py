@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python bench/throughput.py SHARDS [--model resnet18] [--size 96] [--batch 8]
         [--mu 7] [--steps 6] [--loader-steps 40] [--label-samples 3000] [--workers -1]
-        [--threads 0] [--repeats 3] [--amp off] [--only P2,P3,P4,L]
+        [--threads 0] [--repeats 3] [--amp off] [--augment-on loader|trainer] [--decode-cache-mb 0]
+        [--only P2,P3,P4,L]
 
 Prints one line per figure (medians over --repeats, the two sides interleaved so that the
 load of a shared machine hits both alike):
@@ -21,6 +22,13 @@ load of a shared machine hits both alike):
 - L: images/s of the pseudo-labeling pass (loader + no_grad forward) / bare no_grad forward.
 Why ratios: absolute rates on a shared 2-core machine move with the neighbours' load; two
 sides measured alternately in the same minute mostly do not.
+
+`--augment-on trainer` measures the path where the loader only decodes and the step makes the
+views (P4's pre-made batches are then plain decoded images, augmented inside both sides' steps).
+`--decode-cache-mb N` gives the trainer the decoded-image cache of a long run (config key
+`decode_cache_mb`), warmed before anything is timed by reading every training sample once in the
+trainer: a worker forked after that starts with the warm cache, as every worker of a run that has
+drawn each image once holds its share of it. P2's in-process side always decodes.
 """
 
 from __future__ import annotations
@@ -334,6 +342,23 @@ def labeling(tr: Trainer, samples: int, repeats: int) -> None:
           f"start-up, bare {b:.0f} img/s, batch {bs})", flush=True)
 
 
+def warm_cache(tr: Trainer) -> str:
+    """Fill the trainer's decoded-image cache with every training sample it will draw (what a
+    long run's cache holds after its first pass), and say how much it holds."""
+    cache = tr.decode_cache
+    if cache is None:
+        return "off"
+    it = tr._loader(0)
+    ds: ShardImages = it._dataset
+    del it
+    t0 = time.perf_counter()
+    for split_id, split in enumerate(ds.splits):
+        for index in range(len(split)):
+            ds.image(split_id, index)
+    return (f"{len(cache)} images, {cache.bytes / 2**20:.0f} of {cache.max_bytes / 2**20:.0f} MiB, warmed in "
+            f"{time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", type=Path)
@@ -347,6 +372,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--amp", default="off")  # the engine's CPU default; bf16 was 8-20x slower at 32 px here
+    p.add_argument("--augment-on", choices=("loader", "trainer"), default="loader")
+    p.add_argument("--decode-cache-mb", type=int, default=0, help="the decoded-image cache, warmed before timing (0: off)")
     p.add_argument("--label-samples", type=int, default=3000)
     p.add_argument("--only", default="P2,P3,P4,L")
     p.add_argument("--wids", action="store_true", help="P2 also through a wids-backed reader, side by side")
@@ -354,10 +381,13 @@ def main() -> None:
     root = Path(os.environ.get("TMPDIR", "/tmp")) / "sslrun-bench-throughput"
     cfg = Config(data=str(a.shards), root=str(root), sweep="b", name="b", model=a.model, image_size=a.size,
                  batch_size=a.batch, mu=a.mu, steps=10**6, workers=a.workers, threads=a.threads, amp=a.amp,
-                 channels_last="on" if a.amp == "bf16" else "auto", device="cpu", ema_decay=0.999)
+                 channels_last="on" if a.amp == "bf16" else "auto", device="cpu", ema_decay=0.999,
+                 augment_on=a.augment_on, decode_cache_mb=a.decode_cache_mb)
     tr = Trainer(cfg)
+    warm = warm_cache(tr)
     print(f"# {a.shards} model={a.model} size={a.size} batch={a.batch} mu={a.mu} amp={a.amp} workers={tr.workers} "
           f"(default_workers()={default_workers()[0]}) torch threads={torch.get_num_threads()} "
+          f"augment_on={a.augment_on} decode cache {warm} "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     only = set(a.only.split(","))
     if "P2" in only:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. /tmp/usbvenv/bin/python bench/usb_fixmatch.py --data /tmp/cifar10-bench/shards-test10k \
         [--budget-min 15] [--steps 1000] [--seed 42] [--batch 32] [--uratio 7] [--threads 1] [--workers 1] \
-        [--out DIR]
+        [--model cifar_cnn] [--amp off|bf16] [--channels-last] [--out DIR]
 
 Runs in its own venv, never the shared one, and is no dependency of sslrun. The venv used here:
 
@@ -22,12 +22,19 @@ RandAugment(3, 5)) are USB's. The harness feeds them the sslrun shard set's labe
 test images (decoded once to uint8 arrays), drives the step loop itself with a wall-clock stop
 (USB's own Trainer insists on CUDA; its batches go through `.cuda()`, replaced here by a CPU
 pass-through), and scores the EMA model on the test split. The net is sslrun's `cifar_cnn`
-(registered with timm), wrapped to return USB's {'logits', 'feat'}.
+(registered with timm; `--model cifar_cnn_wide` for the wide one), wrapped to return USB's
+{'logits', 'feat'}.
+
+`--amp bf16 --channels-last` give USB what sslrun's bench runs with where the CPU has bf16 units:
+each train step (USB's forward and loss) under `torch.autocast("cpu", bfloat16)`, the nets and
+their inputs channels_last, the logits returned in float32 (as sslrun's losses take them). USB's
+own `amp` switch is CUDA's autocast and GradScaler, which do nothing on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.abc
 import importlib.machinery
 import json
@@ -91,21 +98,26 @@ def _arrays(data: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 class UsbNet(nn.Module):
     """sslrun's timm model in USB's interface: forward returns {'logits', 'feat'}."""
 
-    def __init__(self, model: str, num_classes: int) -> None:
+    def __init__(self, model: str, num_classes: int, channels_last: bool = False) -> None:
         super().__init__()
         import timm
 
         import sslrun.cifar_cnn  # noqa: F401  (registers cifar_cnn with timm)
 
         self.backbone = timm.create_model(model, num_classes=num_classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: object):
         if only_fc:
-            return self.backbone.get_classifier()(x)
+            return self.backbone.get_classifier()(x).float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
         if only_feat:
-            return feat
-        return {"logits": self.backbone.get_classifier()(feat), "feat": feat}
+            return feat.float()
+        return {"logits": self.backbone.get_classifier()(feat).float(), "feat": feat.float()}
 
 
 def _forever(loader: torch.utils.data.DataLoader):
@@ -127,6 +139,8 @@ def main() -> int:
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="bf16: each train step under CPU bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="the nets and their inputs in channels_last")
     p.add_argument("--out", type=Path, default=Path("/tmp/usb-fixmatch"))
     a = p.parse_args()
     if not (a.data / "manifest.json").exists():
@@ -161,7 +175,7 @@ def main() -> int:
         "gpu": None, "world_size": 1, "distributed": False, "num_workers": a.workers,
         "save_dir": str(a.out), "save_name": f"usb-fixmatch-seed{a.seed}", "overwrite": True,
     })
-    alg = get_algorithm(cfg, lambda num_classes, **kw: UsbNet(a.model, num_classes), tb_log=None, logger=None)
+    alg = get_algorithm(cfg, lambda num_classes, **kw: UsbNet(a.model, num_classes, a.channels_last), tb_log=None, logger=None)
     params = set(signature(alg.train_step).parameters)
     alg.process_batch = lambda input_args=None, **kw: {k: v for k, v in kw.items() if k in params and v is not None}
     # USB's CIFAR transforms (semilearn/datasets/cv_datasets/cifar.py), ImageNet mean/std as there for cifar10
@@ -186,8 +200,11 @@ def main() -> int:
     budget_s = a.budget_min * 60
     t_start = time.time()
     steps = 0
+    amp = torch.autocast("cpu", torch.bfloat16) if a.amp == "bf16" else contextlib.nullcontext()
     while steps < a.steps and time.time() - t_start < budget_s:
-        out, _ = alg.train_step(**alg.process_batch(**next(it_lb), **next(it_ulb)))
+        batch = alg.process_batch(**next(it_lb), **next(it_ulb))
+        with amp:
+            out, _ = alg.train_step(**batch)
         alg.out_dict = out
         alg.call_hook("after_train_step", "ParamUpdateHook")
         alg.call_hook("after_train_step", "EMAHook")
@@ -196,10 +213,11 @@ def main() -> int:
     train_s = time.time() - t_start
     model = alg.ema_model.eval()
     ev = torch.stack([norm(torch.from_numpy(img).permute(2, 0, 1).float() / 255) for img in x_ev])
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         pred = torch.cat([model(ev[i:i + 512])["logits"].argmax(1) for i in range(0, len(ev), 512)])
     acc = float((pred.numpy() == y_ev).mean())
-    result = {"impl": "usb-semilearn-0.3.2-fixmatch", "seed": a.seed, "model": a.model, f"{eval_split}_acc": acc,
+    result = {"impl": "usb-semilearn-0.3.2-fixmatch", "seed": a.seed, "model": a.model, "amp": a.amp,
+              "channels_last": a.channels_last, "threads": a.threads, "workers": a.workers, f"{eval_split}_acc": acc,
               "steps": steps, "num_train_iter": a.steps, "train_s": round(train_s, 1), "decode_s": round(decode_s, 1),
               "images_per_s": round(steps * a.batch * (1 + 2 * a.uratio) / max(train_s, 1e-9), 1),
               "eval_images": len(y_ev)}

@@ -76,6 +76,7 @@ class Config:
     sync_bn: bool = False
     workers: int = -1  # -1 = from the CPUs SLURM gave (or the machine has)
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    decode_cache_mb: int = 1024  # decoded training images kept in memory per rank, shared out over its loader processes; 0 = off
     verify_shards: str = "auto"  # at start: auto (sha256 for sets <= 256 MiB, else size) | full | size
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific knobs
 
@@ -208,6 +209,7 @@ KEYS: dict[str, Key] = {
     "sync_bn": Key("bool"),
     "workers": Key("int", -1, 1024, doc="-1 (from the CPUs) or a number of loader processes up to 1024"),
     "threads": Key("int", 0, 1024),
+    "decode_cache_mb": Key("int", 0, 1 << 24, doc="0 (off) or megabytes of decoded images per rank, up to 16777216"),
     "verify_shards": Key("str", choices=("auto", "full", "size")),
 }
 CHOICES: dict[str, tuple[str, ...]] = {k: v.choices for k, v in KEYS.items() if v.choices}
@@ -234,7 +236,7 @@ def closest(name: str, known: list[str]) -> str:
 # Keys a resumed run may change (recorded in config-history.jsonl): they change how the rest of
 # the run is computed or logged, not what its saved state means. `lr` is the way out of a
 # non-finite loss: resume from the last good checkpoint with a lower one.
-RESUME_KEYS = ("lr", "workers", "threads", "device", "eval_every", "log_every", "ckpt_every", "verify_shards")
+RESUME_KEYS = ("lr", "workers", "threads", "decode_cache_mb", "device", "eval_every", "log_every", "ckpt_every", "verify_shards")
 
 # Small settings that make the embedded digits data train in a minute or two on a laptop CPU.
 EMBEDDED_DEFAULTS: dict[str, Any] = {

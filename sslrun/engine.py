@@ -28,6 +28,7 @@ from sslrun import checkpoint, distributed, run_folder, run_record
 from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.batch_augment import apply_preset, check_presets
+from sslrun.data.decoded_cache import MB, DecodedCache
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import SplitSamples, check_shards, load_split
@@ -131,6 +132,10 @@ class Trainer:
             log.info("rank %d: %d loader workers (%s; set workers= to choose)", self.info.rank, self.workers, why)
         else:
             self.workers = cfg.workers
+        # the rank's budget of decoded images, shared out over the processes that decode (the
+        # workers, or the trainer itself with workers=0); kept here so a rebuilt loader reuses it
+        per_process = cfg.decode_cache_mb * MB // max(1, self.workers)
+        self.decode_cache = DecodedCache(per_process) if per_process > 0 else None
         self.use_cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and self.use_cuda) else None
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.use_cuda)
@@ -218,7 +223,7 @@ class Trainer:
                     views[UNLABELED] = [make_transform("none")]
                 else:
                     views[UNLABELED] = [make_transform("weak" if v == "weak" else cfg.strong) for v in self.strategy.unlabeled_views]
-        dataset = ShardImages(splits, cfg.image_size, views)
+        dataset = ShardImages(splits, cfg.image_size, views, self.decode_cache)
         sampler = StepSampler(streams, cfg.seed, self.info.rank, self.info.world, start, cfg.steps)
         return iter(make_loader(dataset, sampler, self.workers, self.use_cuda))
 

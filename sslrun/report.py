@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BY = ("strategy", "threshold", "frozen", "model")
 # Keys that name or place a run, or only change how it is run, not what it learns: never split a setting.
-NOT_SETTING = ("seed", "name", "sweep", "root", "workers", "threads", "device", "eval_every", "log_every",
+NOT_SETTING = ("seed", "name", "sweep", "root", "workers", "threads", "decode_cache_mb", "device", "eval_every", "log_every",
                "ckpt_every", "verify_shards")
 OTHER = "other keys"
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from sslrun.data.decoded_cache import DecodedCache
 from sslrun.data.samples import SplitSamples
 from sslrun.data.transforms import Transform, decode, fit
 
@@ -93,10 +94,14 @@ class ShardImages(Dataset):
 
     Shard files are opened on first read and closed by close(), by `with`, or when the
     dataset is collected: an evaluation builds a dataset per pass, and a long run evaluates
-    hundreds of times in one process (issue 13: the descriptors used to pile up)."""
+    hundreds of times in one process (issue 13: the descriptors used to pile up).
 
-    def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]]) -> None:
-        self.splits, self.size, self.views = splits, size, views
+    With a `cache` (sslrun/data/decoded_cache.py), an image decoded once is not decoded again
+    while the cache's budget lasts."""
+
+    def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]],
+                 cache: DecodedCache | None = None) -> None:
+        self.splits, self.size, self.views, self.cache = splits, size, views, cache
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -131,14 +136,29 @@ class ShardImages(Dataset):
     def __getstate__(self) -> dict:  # a spawned worker opens its own files
         state = self.__dict__.copy()
         state["_fds"] = {}
+        if self.cache is not None:
+            state["cache"] = self.cache.emptied()
         return state
+
+    def image(self, split_id: int, index: int) -> Tensor:
+        """Sample `index` of split `split_id`, decoded and fitted to size x size (uint8 CHW)."""
+        cache = self.cache
+        if cache is not None:
+            img = cache.get((split_id, index))
+            if img is not None:
+                return img
+        s = self.splits[split_id]
+        img = fit(decode(self.read(split_id, index), f"{s.shards[int(s.shard[index])]} sample {s.ids[index]}"), self.size)
+        if cache is not None:
+            cache.put((split_id, index), img)
+        return img
 
     def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
         role, split_id, index, label, seed = item
         s = self.splits[split_id]
         if role == EVAL:
             label = int(s.label[index])
-        img = fit(decode(self.read(split_id, index), f"{s.shards[int(s.shard[index])]} sample {s.ids[index]}"), self.size)
+        img = self.image(split_id, index)
         in_main = get_worker_info() is None
         state = torch.get_rng_state() if in_main else None
         views = []
