@@ -253,8 +253,10 @@ def _bare_step(tr: Trainer, x: Tensor, y: Tensor) -> None:
 
 def p3_p4(tr: Trainer, steps: int, repeats: int, only: set[str] = frozenset({"P3", "P4"})) -> None:
     premade = list(itertools.islice(tr._loader(0), 2))
-    n_img = sum(premade[0][k].shape[0] for k in ("x", "u_weak", "u_strong"))
-    x = torch.cat([tr.prepare(premade[0][k]) for k in ("x", "u_weak", "u_strong")])
+    # augment_on=trainer: the loader hands one plain copy of each unlabeled image (u_weak), the step makes both views
+    keys = ("x", "u_weak", "u_strong") if "u_strong" in premade[0] else ("x", "u_weak", "u_weak")
+    n_img = sum(premade[0][k].shape[0] for k in keys)
+    x = torch.cat([tr.prepare(premade[0][k]) for k in keys])
     y = torch.randint(0, tr.manifest.num_classes, (n_img,))
 
     def timed(fn: Callable[[int], None], n: int) -> float:
