@@ -86,11 +86,10 @@ def _arrays(data: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     from sslrun.data.loader import ShardImages
     from sslrun.data.manifest import read_manifest
     from sslrun.data.samples import load_split
-    from sslrun.data.transforms import decode, fit
 
     s = load_split(read_manifest(data), split)
     reader = ShardImages([s], size, {})
-    images = np.stack([fit(decode(reader.read(0, i)), size).permute(1, 2, 0).numpy() for i in range(len(s))])
+    images = np.stack([reader.image(0, i).permute(1, 2, 0).numpy() for i in range(len(s))])
     labels = np.where(s.label >= 0, s.label, s.hidden)
     return images, labels.astype(np.int64)
 
