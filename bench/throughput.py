@@ -88,8 +88,9 @@ def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
     t0 = time.perf_counter()
     for (role, _, _, _, seed), raw in data[lo_hi[0]:lo_hi[1]]:
         img = fit(decode(raw), ds.size)
-        for k, t in enumerate(ds.views[role]):
-            torch.default_generator.manual_seed(mix_seed(seed, k))
+        for k, (t, draws) in enumerate(zip(ds.views[role], ds.draws[role])):
+            if draws:  # seeded as the loader seeds it: a view that draws nothing is not
+                torch.default_generator.manual_seed(mix_seed(seed, k))
             t(img).contiguous()
     return lo_hi[1] - lo_hi[0], time.perf_counter() - t0
 

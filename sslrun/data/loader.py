@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sslrun.data.decoded_cache import DecodedCache
 from sslrun.data.samples import SplitSamples
-from sslrun.data.transforms import Transform, decode, fit
+from sslrun.data.transforms import Transform, decode, draws_random, fit
 
 LABELED, UNLABELED, EVAL = 0, 1, 2
 MASK64 = (1 << 64) - 1
@@ -102,6 +102,7 @@ class ShardImages(Dataset):
     def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]],
                  cache: DecodedCache | None = None) -> None:
         self.splits, self.size, self.views, self.cache = splits, size, views, cache
+        self.draws = {role: [draws_random(t) for t in ts] for role, ts in views.items()}
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -154,21 +155,35 @@ class ShardImages(Dataset):
         return img
 
     def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int, int, int, int]]) -> list[tuple[int, list[Tensor], int, int, int]]:
+        """A step's items in one call (DataLoader's batched fetch). Each view that draws is seeded
+        from its sample's seed; in the training process the caller's generator state, which that
+        seeding overwrites, is saved and restored once per call, and not at all when no view draws."""
+        draws = self.draws
+        state = None
+        if get_worker_info() is None and any(any(draws[it[0]]) for it in items):
+            state = torch.get_rng_state()
+        try:
+            return [self._load(it) for it in items]
+        finally:
+            if state is not None:
+                torch.set_rng_state(state)
+
+    def _load(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
         role, split_id, index, label, seed = item
         s = self.splits[split_id]
         if role == EVAL:
             label = int(s.label[index])
         img = self.image(split_id, index)
-        in_main = get_worker_info() is None
-        state = torch.get_rng_state() if in_main else None
         views = []
-        for k, t in enumerate(self.views[role]):
-            # the CPU generator only: torch.manual_seed also visits every accelerator backend,
-            # ~0.5 ms a call here, more than decoding a small JPEG; transforms draw from this one
-            torch.default_generator.manual_seed(mix_seed(seed, k))
+        for k, (t, draws) in enumerate(zip(self.views[role], self.draws[role])):
+            if draws:
+                # the CPU generator only: torch.manual_seed also visits every accelerator backend,
+                # ~0.5 ms a call here, more than decoding a small JPEG; transforms draw from this one
+                torch.default_generator.manual_seed(mix_seed(seed, k))
             views.append(t(img).contiguous())
-        if state is not None:
-            torch.set_rng_state(state)
         return role, views, label, index, int(s.hidden[index])
 
     def __len__(self) -> int:  # only for DataLoader's sanity checks; sampling is by item

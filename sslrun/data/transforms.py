@@ -184,13 +184,26 @@ def check_preset(key: str, name: str) -> None:
         raise UserError(f"{key}={name}: unknown augmentation (expected one of {', '.join(PRESETS)})")
 
 
-def make_transform(preset: str) -> Transform:
-    check_preset("augment", preset)
-    steps = PRESETS[preset]()
+class Preset:
+    """A preset's steps applied in order. `draws` is False when there are none: the loader then
+    neither seeds the generator for this view nor saves and restores it (per sample, that
+    plumbing cost more than the decode of a 32 px JPEG on the decode-only path)."""
 
-    def apply(img: Tensor) -> Tensor:
-        for t in steps:
+    def __init__(self, steps: list[Transform]) -> None:
+        self.steps = steps
+        self.draws = bool(steps)
+
+    def __call__(self, img: Tensor) -> Tensor:
+        for t in self.steps:
             img = t(img)
         return img
 
-    return apply
+
+def draws_random(t: Transform) -> bool:
+    """Whether a view may draw from the generator (any callable but a step-less Preset may)."""
+    return getattr(t, "draws", True) is not False
+
+
+def make_transform(preset: str) -> Transform:
+    check_preset("augment", preset)
+    return Preset(PRESETS[preset]())

@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from sslrun import distributed
 from sslrun.config import Key
 from sslrun.errors import UserError
-from sslrun.strategies.base import Mix, StepInfo, labeled_ce, pseudo_label_stats
-from sslrun.strategies.fixmatch import FixMatch
+from sslrun.strategies.base import LogValue, Mix, StepInfo
+from sslrun.strategies.fixmatch import FixMatch, PseudoLabels
 from sslrun.strategies.registry import register
 
 _EPS = 1e-12
@@ -91,25 +90,26 @@ class FreeMatch(FixMatch):
     def class_thresholds(self) -> Tensor:
         return self.time_p * self.p_model / self.p_model.max()
 
-    def loss_from_logits(self, logits_x: Tensor, y: Tensor, logits_w: Tensor, logits_s: Tensor,
-                         truth: Tensor | None, info: StepInfo, mix: Mix | None = None,
-                         u_index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        loss_s = labeled_ce(logits_x, y, mix)
-        with torch.no_grad():
-            probs = self.weak_probs(logits_w)  # FixMatch's: aligned when extra.dist_align
-            self.update(probs)
-            conf, labels = probs.max(dim=1)
-            class_tau = self.class_thresholds()
-            tau = class_tau[labels]
-            mask = conf >= tau
-        loss_u = (F.cross_entropy(logits_s, labels, reduction="none") * mask).mean()
-        loss_f = fairness_loss(logits_s, mask, self.p_model, self.label_hist)
-        loss = loss_s + self.cfg.lambda_u * loss_u + self.fair_weight * loss_f
-        logs = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "loss_fair": loss_f.detach(),
-                "threshold": tau.float().mean(), "global_threshold": self.time_p.detach().float(),
-                "class_threshold_min": class_tau.min(), "class_threshold_max": class_tau.max()}
-        logs.update(pseudo_label_stats(conf, labels, mask, truth, self.num_classes))
-        return loss, logs
+    @torch.no_grad()
+    def pseudo_labels(self, logits_w: Tensor, info: StepInfo, u_index: Tensor | None) -> PseudoLabels:
+        """As the reference: the averages move with this batch before the mask is taken."""
+        probs = self.weak_probs(logits_w)  # FixMatch's: aligned when extra.dist_align
+        self.update(probs)
+        conf, labels = probs.max(dim=1)
+        tau = self.class_thresholds()[labels]
+        return PseudoLabels(conf, labels, tau, conf >= tau)
+
+    def loss_from_labels(self, logits_x: Tensor, y: Tensor, pl: PseudoLabels, logits_s: Tensor, rows: Tensor | None,
+                         truth: Tensor | None, mix: Mix | None = None) -> tuple[Tensor, dict[str, LogValue]]:
+        loss, logs = super().loss_from_labels(logits_x, y, pl, logits_s, rows, truth, mix)
+        loss_f = fairness_loss(logits_s, pl.mask if rows is None else pl.mask[rows], self.p_model, self.label_hist)
+        logs["loss_fair"] = loss_f.detach()
+        return loss + self.fair_weight * loss_f, logs
+
+    def extra_logs(self) -> dict[str, Tensor]:
+        class_tau = self.class_thresholds()
+        return {"global_threshold": self.time_p.detach().float(), "class_threshold_min": class_tau.min(),
+                "class_threshold_max": class_tau.max()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "time_p": self.time_p.detach().cpu().clone(), "p_model": self.p_model.detach().cpu().clone(),
