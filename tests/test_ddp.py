@@ -69,8 +69,9 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["threshold=0", "extra.dist_align=true", "extra.da_momentum=0.5"]],
-                         ids=["fixmatch", "dist_align"])
+@pytest.mark.parametrize("extra", [[], ["threshold=0", "extra.dist_align=true", "extra.da_momentum=0.5"],
+                                   ["threshold=0.6", "extra.weak_pass=no_grad", "extra.strong_pass=kept"]],
+                         ids=["fixmatch", "dist_align", "strong_kept"])
 def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, tmp_path, extra):
     """Rank r reads its slice of the same global batch, each sample augmented by its own seed,
     and DDP averages the two half-batch gradients: the global-batch gradient. A GroupNorm net
@@ -79,7 +80,10 @@ def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, t
     adds two partial sums where one rank adds one long sum), so 1e-4 is a loose bound that still
     fails at once if a rank reads other samples (differences then are of order 1e-2). With
     distribution alignment (every sample kept, so the aligned labels are what is learned), the
-    average must be over the global batch, gathered from both ranks, for the two runs to agree."""
+    average must be over the global batch, gathered from both ranks, for the two runs to agree.
+    With only the kept strong views forwarded, each rank's student batch has its own size, and
+    each rank's unlabeled loss is its kept rows' sum over its whole share: the average over ranks
+    is still the global batch's loss."""
     common = ["model=test_efficientnet_gn", "image_size=32", "steps=12", "mu=2", "eval_every=12", "ckpt_every=12",
               "log_every=3", "threads=1", "workers=0", f"data={digits}", f"root={tmp_path}", "sweep=eq",
               "strategy=fixmatch", "ema_decay=0", *extra]
@@ -100,6 +104,10 @@ def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, t
     a = json.loads((tmp_path / "eq" / "one" / "result.json").read_text())
     b = json.loads((tmp_path / "eq" / "two" / "result.json").read_text())
     assert (a["world_size"], b["world_size"]) == (1, 2)
+    if "extra.strong_pass=kept" in extra:  # rows were dropped and rows were kept, or the case is not the one claimed
+        rates = [json.loads(ln).get("mask_rate") for ln in (tmp_path / "eq" / "two" / "metrics.jsonl").read_text().splitlines()]
+        rates = [r for r in rates if r is not None]
+        assert rates and any(0 < r < 1 for r in rates), rates
 
 
 _POOL_WORKER = r"""

@@ -81,12 +81,62 @@ def test_ema_pass_needs_an_ema_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_ema_pass_run_resumes_exactly_with_its_teacher_restored(digits, tmp_path):
+@pytest.mark.parametrize("strong_pass", ["all", "kept"])
+def test_ema_pass_run_resumes_exactly_with_its_teacher_restored(digits, tmp_path, strong_pass):
     """The teacher is the EMA model the checkpoint restores in place: a run cut after step 8 and
-    resumed must end with the uninterrupted run's weights, or its targets came from elsewhere."""
+    resumed must end with the uninterrupted run's weights, or its targets came from elsewhere.
+    With only the kept strong views forwarded, the batch's size follows the teacher too."""
     common = [*FAST, "strategy=fixmatch", "extra.weak_pass=ema", "ema_decay=0.9", "threshold=0.5",
-              f"data={digits}", f"root={tmp_path}", "sweep=s"]
+              f"extra.strong_pass={strong_pass}", f"data={digits}", f"root={tmp_path}", "sweep=s"]
     straight = _train([*common, "name=straight"])
     assert straight["steps"] == 12
     resumed = _cut_and_resume(common, tmp_path / "s")
     assert resumed["restarts"] == 1 and resumed["weights_sha256"] == straight["weights_sha256"]
+
+
+def _kept_loss_and_grad(tmp_path, strategy: str, strong_pass: str, threshold: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]], dict]:
+    cfg = make_config({"root": str(tmp_path), "strategy": strategy, "threshold": threshold, "lambda_u": "1.0",
+                       "extra.weak_pass": "no_grad", "extra.strong_pass": strong_pass})
+    strat = create_strategy(cfg, 3)
+    strat.setup(8, 1)
+    if strategy == "freematch":  # its thresholds start at 1/C, which every top softmax passes
+        strat.time_p = torch.tensor(0.8)
+    torch.manual_seed(0)
+    net = _Recorder()
+    gen = torch.Generator().manual_seed(1)
+    batch = Batch(x=torch.randn(2, 3, 2, 2, generator=gen), y=torch.tensor([0, 2]),
+                  u_weak=torch.randn(6, 3, 2, 2, generator=gen) * 3, u_strong=torch.randn(6, 3, 2, 2, generator=gen),
+                  u_index=torch.arange(6), u_truth=torch.tensor([0, 1, 2, 0, 1, 2]))
+    loss, logs = strat.compute_loss(net, batch, StepInfo(0, 0.0))
+    loss.backward()
+    return loss.item(), net.fc.weight.grad.clone(), net.calls, {k: float(v.item()) for k, v in logs.items() if k != "pl_class_counts"}
+
+
+@pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch", "freematch"])
+def test_kept_strong_pass_gives_the_same_loss_and_gradient(tmp_path, strategy):
+    """On a net with no batch statistics, forwarding only the kept strong views changes nothing
+    but the batch: the strong rows under the threshold were multiplied by 0."""
+    all_loss, all_grad, all_calls, all_logs = _kept_loss_and_grad(tmp_path, strategy, "all", "0.4")
+    kept_loss, kept_grad, kept_calls, kept_logs = _kept_loss_and_grad(tmp_path, strategy, "kept", "0.4")
+    kept = round(kept_logs["mask_rate"] * 6)
+    assert 0 < kept < 6  # some rows dropped, some kept: both halves of the claim are exercised
+    assert all_calls == [(6, False), (8, True)]
+    assert kept_calls == [(6, False), (2 + kept, True)]
+    assert kept_loss == pytest.approx(all_loss, rel=1e-6)
+    assert torch.allclose(kept_grad, all_grad, atol=1e-7)
+    assert kept_logs == pytest.approx(all_logs, rel=1e-6, nan_ok=True)
+
+
+def test_kept_strong_pass_with_nothing_kept_learns_the_labeled_batch(tmp_path):
+    loss, grad, calls, logs = _kept_loss_and_grad(tmp_path, "fixmatch", "kept", "1.0")
+    assert logs["mask_rate"] == 0 and logs["loss_u"] == 0
+    assert calls == [(6, False), (2, True)]
+    assert loss == pytest.approx(logs["loss_s"]) and grad.abs().sum() > 0
+
+
+def test_kept_strong_pass_needs_the_targets_first(tmp_path):
+    with pytest.raises(UserError, match="extra.strong_pass=kept .*extra.weak_pass=joint"):
+        create_strategy(make_config({"root": str(tmp_path), "strategy": "fixmatch", "extra.strong_pass": "kept"}), 3)
+    with pytest.raises(UserError, match="extra.strong_pass=some"):
+        create_strategy(make_config({"root": str(tmp_path), "strategy": "fixmatch", "extra.weak_pass": "ema",
+                                     "extra.strong_pass": "some"}), 3)
