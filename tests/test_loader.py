@@ -113,3 +113,35 @@ def test_a_worker_hands_over_a_batch_as_two_buffers(digits):
         assert batch["x"].shape == (4, 3, 16, 16) and batch["u_strong"].shape == (8, 3, 16, 16)
         assert batch["y"].tolist() == train.label[batch["y_index"].numpy()].tolist()
         assert (batch["u_truth"].numpy() == unl.hidden[batch["u_index"].numpy()]).all()
+
+
+def test_a_view_that_draws_is_seeded_per_sample_and_a_plain_view_is_not(digits):
+    """Any callable view is seeded from its sample's seed (its draws do not depend on the order or
+    the company the sample is read in); a step-less preset ("none") is not seeded at all, so
+    reading plain images leaves the global generator as it was, even where nothing restores it."""
+    from sslrun.data.transforms import draws_random
+
+    train = load_split(read_manifest(digits), "train")
+    assert not draws_random(make_transform("none")) and draws_random(make_transform("weak"))
+    assert draws_random(lambda img: img)  # an arbitrary callable may draw: seeded
+
+    def noisy(img: torch.Tensor) -> torch.Tensor:  # what it drew, kept in the pixels
+        return img.clone().fill_(int(torch.randint(0, 256, ())))
+
+    ds = ShardImages([train], 8, {LABELED: [noisy], UNLABELED: [make_transform("none")]})
+    items = [(LABELED, 0, i, 0, 1000 + i) for i in range(5)]
+    forward = {it[4]: out[1][0] for it, out in zip(items, ds.__getitems__(items))}
+    backward = {it[4]: out[1][0] for it, out in zip(items[::-1], ds.__getitems__(items[::-1]))}
+    alone = {it[4]: ds[it][1][0] for it in items}
+    for seed in forward:
+        assert torch.equal(forward[seed], backward[seed]) and torch.equal(forward[seed], alone[seed])
+    assert len({int(v[0, 0, 0]) for v in forward.values()}) > 1, "each sample drew its own numbers"
+    plain = [(UNLABELED, 0, i, -1, 7) for i in range(5)]
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        out = ds.__getitems__(plain)
+        after = torch.rand(())
+        torch.manual_seed(5)
+        assert torch.equal(after, torch.rand(())), "plain views must not touch the global generator"
+    for it, (_, views, _, _, _) in zip(plain, out):
+        assert torch.equal(views[0], ds.image(0, it[2]))

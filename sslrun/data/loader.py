@@ -163,7 +163,7 @@ class ShardImages(Dataset):
         seeding overwrites, is saved and restored once per call, and not at all when no view draws."""
         draws = self.draws
         state = None
-        if get_worker_info() is None and any(any(draws[it[0]]) for it in items):
+        if get_worker_info() is None and any(any(draws[role]) for role in {it[0] for it in items}):
             state = torch.get_rng_state()
         try:
             return [self._load(it) for it in items]
