@@ -27,11 +27,13 @@ class _Recorder(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _loss_and_grad(tmp_path, strategy: str, weak_pass: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]]]:
-    cfg = make_config({"root": str(tmp_path), "strategy": strategy, "threshold": "0.4", "lambda_u": "1.0",
-                       "extra.weak_pass": weak_pass})
+def _one_step(tmp_path, strategy: str, keys: dict[str, str]) -> tuple[float, torch.Tensor, list[tuple[int, bool]], dict[str, float]]:
+    """One compute_loss + backward on a fixed batch: loss, weight gradient, forward calls, scalar logs."""
+    cfg = make_config({"root": str(tmp_path), "strategy": strategy, "threshold": "0.4", "lambda_u": "1.0", **keys})
     strat = create_strategy(cfg, 3)
     strat.setup(8, 1)
+    if strategy == "freematch":  # its thresholds start at 1/C, which every top softmax passes
+        strat.time_p = torch.tensor(0.8)
     torch.manual_seed(0)
     net = _Recorder()
     gen = torch.Generator().manual_seed(1)
@@ -40,8 +42,14 @@ def _loss_and_grad(tmp_path, strategy: str, weak_pass: str) -> tuple[float, torc
                   u_index=torch.arange(6), u_truth=torch.tensor([0, 1, 2, 0, 1, 2]))
     loss, logs = strat.compute_loss(net, batch, StepInfo(0, 0.0))
     loss.backward()
-    assert logs["mask_rate"].item() > 0  # the unlabeled loss takes part, so its gradient is compared too
-    return loss.item(), net.fc.weight.grad.clone(), net.calls
+    scalars = {k: float(v.item()) for k, v in logs.items() if k != "pl_class_counts"}
+    return loss.item(), net.fc.weight.grad.clone(), net.calls, scalars
+
+
+def _loss_and_grad(tmp_path, strategy: str, weak_pass: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]]]:
+    loss, grad, calls, logs = _one_step(tmp_path, strategy, {"extra.weak_pass": weak_pass})
+    assert logs["mask_rate"] > 0  # the unlabeled loss takes part, so its gradient is compared too
+    return loss, grad, calls
 
 
 @pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch", "freematch"])
@@ -94,22 +102,8 @@ def test_ema_pass_run_resumes_exactly_with_its_teacher_restored(digits, tmp_path
     assert resumed["restarts"] == 1 and resumed["weights_sha256"] == straight["weights_sha256"]
 
 
-def _kept_loss_and_grad(tmp_path, strategy: str, strong_pass: str, threshold: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]], dict]:
-    cfg = make_config({"root": str(tmp_path), "strategy": strategy, "threshold": threshold, "lambda_u": "1.0",
-                       "extra.weak_pass": "no_grad", "extra.strong_pass": strong_pass})
-    strat = create_strategy(cfg, 3)
-    strat.setup(8, 1)
-    if strategy == "freematch":  # its thresholds start at 1/C, which every top softmax passes
-        strat.time_p = torch.tensor(0.8)
-    torch.manual_seed(0)
-    net = _Recorder()
-    gen = torch.Generator().manual_seed(1)
-    batch = Batch(x=torch.randn(2, 3, 2, 2, generator=gen), y=torch.tensor([0, 2]),
-                  u_weak=torch.randn(6, 3, 2, 2, generator=gen) * 3, u_strong=torch.randn(6, 3, 2, 2, generator=gen),
-                  u_index=torch.arange(6), u_truth=torch.tensor([0, 1, 2, 0, 1, 2]))
-    loss, logs = strat.compute_loss(net, batch, StepInfo(0, 0.0))
-    loss.backward()
-    return loss.item(), net.fc.weight.grad.clone(), net.calls, {k: float(v.item()) for k, v in logs.items() if k != "pl_class_counts"}
+def _kept_loss_and_grad(tmp_path, strategy: str, strong_pass: str, threshold: str) -> tuple[float, torch.Tensor, list[tuple[int, bool]], dict[str, float]]:
+    return _one_step(tmp_path, strategy, {"threshold": threshold, "extra.weak_pass": "no_grad", "extra.strong_pass": strong_pass})
 
 
 @pytest.mark.parametrize("strategy", ["fixmatch", "flexmatch", "freematch"])
