@@ -24,10 +24,11 @@ steps' weights labels the unlabeled batch, which is steadier than the student it
 `extra.strong_pass=kept` (with `weak_pass` ema or no_grad, where the pseudo-labels exist before the
 student's forward) forwards the student on the labeled batch and only those strong views whose
 pseudo-label passed the threshold. Why: a strong view under the threshold is multiplied by 0 in
-the loss, so its forward and backward buy nothing but batch statistics, and in the CIFAR-10
-runs of bench/RESULTS-accuracy.md 50-100 % of them are under 0.95 (all at the start). The loss and its gradient are the same (the kept rows' sum over the whole
-unlabeled count, as the masked mean); what changes is that batch norm takes its statistics from
-labeled + kept rows. `all` (the default) is the published algorithm.
+the loss, so its forward and backward buy nothing but batch statistics, and in the CIFAR-10 runs
+of bench/RESULTS-accuracy.md 50-100 % of them are under 0.95 (all at the start). The loss and its
+gradient are the same (the kept rows' sum over the whole unlabeled count, as the masked mean);
+what changes is that batch norm takes its statistics from labeled + kept rows. `all` (the
+default) is the published algorithm.
 """
 
 from __future__ import annotations

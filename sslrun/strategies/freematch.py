@@ -90,14 +90,15 @@ class FreeMatch(FixMatch):
     def class_thresholds(self) -> Tensor:
         return self.time_p * self.p_model / self.p_model.max()
 
-    @torch.no_grad()
-    def pseudo_labels(self, logits_w: Tensor, info: StepInfo, u_index: Tensor | None) -> PseudoLabels:
-        """As the reference: the averages move with this batch before the mask is taken."""
-        probs = self.weak_probs(logits_w)  # FixMatch's: aligned when extra.dist_align
+    def weak_probs(self, logits_w: Tensor) -> Tensor:
+        """FixMatch's (aligned when extra.dist_align); as the reference, the averages move with this
+        batch before FixMatch's `pseudo_labels` takes the mask through `thresholds`."""
+        probs = super().weak_probs(logits_w)
         self.update(probs)
-        conf, labels = probs.max(dim=1)
-        tau = self.class_thresholds()[labels]
-        return PseudoLabels(conf, labels, tau, conf >= tau)
+        return probs
+
+    def thresholds(self, conf: Tensor, labels: Tensor, info: StepInfo, u_index: Tensor | None) -> Tensor:
+        return self.class_thresholds()[labels]
 
     def loss_from_labels(self, logits_x: Tensor, y: Tensor, pl: PseudoLabels, logits_s: Tensor, rows: Tensor | None,
                          truth: Tensor | None, mix: Mix | None = None) -> tuple[Tensor, dict[str, LogValue]]:
