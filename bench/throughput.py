@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sslrun.config import Config
-from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader, mix_seed
+from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader
 from sslrun.data.manifest import IMAGE_EXTS, wids_file
 from sslrun.data.samples import SplitSamples, load_split
 from sslrun.data.transforms import decode, fit
@@ -87,11 +87,7 @@ def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     for (role, _, _, _, seed), raw in data[lo_hi[0]:lo_hi[1]]:
-        img = fit(decode(raw), ds.size)
-        for k, (t, draws) in enumerate(zip(ds.views[role], ds.draws[role])):
-            if draws:  # seeded as the loader seeds it: a view that draws nothing is not
-                torch.default_generator.manual_seed(mix_seed(seed, k))
-            t(img).contiguous()
+        ds.make_views(role, fit(decode(raw), ds.size), seed)  # the loader's own view code, seeding included
     return lo_hi[1] - lo_hi[0], time.perf_counter() - t0
 
 

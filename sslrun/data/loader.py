@@ -176,7 +176,10 @@ class ShardImages(Dataset):
         s = self.splits[split_id]
         if role == EVAL:
             label = int(s.label[index])
-        img = self.image(split_id, index)
+        return role, self.make_views(role, self.image(split_id, index), seed), label, index, int(s.hidden[index])
+
+    def make_views(self, role: int, img: Tensor, seed: int) -> list[Tensor]:
+        """The role's views of one decoded image, each that draws seeded by (sample seed, view)."""
         views = []
         for k, (t, draws) in enumerate(zip(self.views[role], self.draws[role])):
             if draws:
@@ -184,7 +187,7 @@ class ShardImages(Dataset):
                 # ~0.5 ms a call here, more than decoding a small JPEG; transforms draw from this one
                 torch.default_generator.manual_seed(mix_seed(seed, k))
             views.append(t(img).contiguous())
-        return role, views, label, index, int(s.hidden[index])
+        return views
 
     def __len__(self) -> int:  # only for DataLoader's sanity checks; sampling is by item
         return sum(len(s) for s in self.splits)
