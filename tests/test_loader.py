@@ -32,7 +32,39 @@ def test_resume_reads_what_the_uninterrupted_run_read():
     streams = [Stream(_pool(10), LABELED, 4), Stream(_pool(50), UNLABELED, 8)]
     full = list(StepSampler(streams, 1, 0, 1, 0, 9))
     resumed = list(StepSampler(streams, 1, 0, 1, 5, 9))
-    assert full[5:] == resumed
+    assert [a.tolist() for a in full[5:]] == [a.tolist() for a in resumed]
+
+
+def test_step_items_are_the_per_position_definition():
+    """The vectorised sampler gives, for each position p of a role's stream, sample perm_e[p mod n]
+    of epoch e = p // n and seed mix_seed(seed, role, p): the module's definition, written out
+    per sample here, including steps that straddle an epoch boundary and ranks of a world of 3."""
+    from sslrun.data.loader import mix_seed
+
+    pools = {LABELED: Pool(np.zeros(13, np.int64), np.arange(13) * 2, np.arange(13) % 3),
+             UNLABELED: Pool(np.ones(50, np.int64), np.arange(50), np.full(50, -1))}
+    for rank, world in ((0, 1), (2, 3)):
+        sampler = StepSampler([Stream(pools[LABELED], LABELED, 4), Stream(pools[UNLABELED], UNLABELED, 9)],
+                              7, rank, world, 0, 12)
+        for step in range(12):
+            want = []
+            for role, per_rank in ((LABELED, 4), (UNLABELED, 9)):
+                pool, n = pools[role], len(pools[role])
+                for p in range(step * per_rank * world + rank * per_rank, step * per_rank * world + (rank + 1) * per_rank):
+                    i = int(np.random.default_rng([7, role, n, p // n]).permutation(n)[p % n])
+                    want.append([role, int(pool.split[i]), int(pool.index[i]), int(pool.label[i]), mix_seed(7, role, p)])
+            assert sampler.items(step).tolist() == want, (rank, step)
+
+
+def test_mix_seeds_is_mix_seed_elementwise():
+    from sslrun.data.loader import mix_seed, mix_seeds
+
+    rng = np.random.default_rng(0)
+    values = [0, 1, -1, 2**62, 2**63 - 1, -(2**63)] + [int(v) for v in rng.integers(-(2**63), 2**63 - 1, 200)]
+    got = mix_seeds(np.array(values, dtype=np.int64), 3).tolist()
+    assert got == [mix_seed(v, 3) for v in values]
+    assert int(mix_seeds(42, 1, 7)) == mix_seed(42, 1, 7)
+    assert all(0 <= v < 2**63 for v in got)
 
 
 def test_eval_batches_cover_each_sample_once_over_ranks():
@@ -74,8 +106,6 @@ def _open_fds() -> int:
 
 def test_repeated_evaluations_and_loader_rebuilds_do_not_grow_open_fds(digits):
     """Issue 13 item 3: each pass builds a ShardImages; its shard descriptors must not outlive it."""
-    from sslrun.data.loader import collate
-
     m = read_manifest(digits)
     split = load_split(m, "test" if "test" in m.splits else "train")
     items = [b for b in eval_batches(len(split), 64, 0, 1)][:3]
@@ -91,7 +121,7 @@ def test_repeated_evaluations_and_loader_rebuilds_do_not_grow_open_fds(digits):
         one_pass()
     assert _open_fds() == before
     with ShardImages([split], 8, {EVAL: [make_transform("none")]}) as ds:
-        collate([ds[it] for it in items[0]])
+        ds.__getitems__(items[0])
         assert _open_fds() > before
     assert _open_fds() == before
 
@@ -130,9 +160,9 @@ def test_a_view_that_draws_is_seeded_per_sample_and_a_plain_view_is_not(digits):
 
     ds = ShardImages([train], 8, {LABELED: [noisy], UNLABELED: [make_transform("none")]})
     items = [(LABELED, 0, i, 0, 1000 + i) for i in range(5)]
-    forward = {it[4]: out[1][0] for it, out in zip(items, ds.__getitems__(items))}
-    backward = {it[4]: out[1][0] for it, out in zip(items[::-1], ds.__getitems__(items[::-1]))}
-    alone = {it[4]: ds[it][1][0] for it in items}
+    forward = dict(zip((it[4] for it in items), ds.__getitems__(items)["x"]))
+    backward = dict(zip((it[4] for it in items[::-1]), ds.__getitems__(items[::-1])["x"]))
+    alone = {it[4]: ds[it]["x"][0] for it in items}
     for seed in forward:
         assert torch.equal(forward[seed], backward[seed]) and torch.equal(forward[seed], alone[seed])
     assert len({int(v[0, 0, 0]) for v in forward.values()}) > 1, "each sample drew its own numbers"
@@ -143,5 +173,9 @@ def test_a_view_that_draws_is_seeded_per_sample_and_a_plain_view_is_not(digits):
         after = torch.rand(())
         torch.manual_seed(5)
         assert torch.equal(after, torch.rand(())), "plain views must not touch the global generator"
-    for it, (_, views, _, _, _) in zip(plain, out):
-        assert torch.equal(views[0], ds.image(0, it[2]))
+    for it, view in zip(plain, out["u_weak"]):
+        assert torch.equal(view, ds.image(0, it[2]))
+    mixed = items[:2] + plain[:2] + items[2:] + plain[2:]  # roles interleaved: each role's rows keep their order
+    both = ds.__getitems__(mixed)
+    assert torch.equal(both["x"], torch.stack([forward[it[4]] for it in items]))
+    assert both["y_index"].tolist() == [it[2] for it in items] and both["u_index"].tolist() == [it[2] for it in plain]

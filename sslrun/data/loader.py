@@ -13,7 +13,7 @@ batch. So:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,14 +30,40 @@ LABELED, UNLABELED, EVAL = 0, 1, 2
 MASK64 = (1 << 64) - 1
 
 
+def _mix(h: int, v: int) -> int:
+    """One splitmix64 step folding integer `v` into state `h`."""
+    h = (h ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
+    h = (h ^ (h >> 31)) * 0x94D049BB133111EB & MASK64
+    return h ^ (h >> 29)
+
+
 def mix_seed(*values: int) -> int:
     """A 63-bit seed from integers (splitmix64 steps): cheap, stable across runs and platforms."""
-    h = 0x9E3779B97F4A7C15
+    h = _SEED0
     for v in values:
-        h = (h ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & MASK64
-        h ^= h >> 29
+        h = _mix(h, v)
     return h >> 1
+
+
+_SEED0 = 0x9E3779B97F4A7C15
+_U = np.uint64
+
+
+def mix_seeds(*values: int | np.ndarray) -> np.ndarray:
+    """mix_seed over arrays (int64 out, the same value per element as mix_seed): a step's seeds
+    in a few numpy ops instead of a Python loop per sample. Leading integers are mixed in Python
+    first, so mix_seeds(seed, role, positions) costs one vectorised round, not three."""
+    h, k = _SEED0, 0
+    while k < len(values) and not isinstance(values[k], np.ndarray):
+        h, k = _mix(h, int(values[k])), k + 1
+    if k == len(values):
+        return np.int64(h >> 1)
+    a = np.full(np.broadcast_shapes(*(np.shape(v) for v in values[k:])), h, dtype=_U)
+    for v in values[k:]:  # uint64 array arithmetic wraps modulo 2**64 without a warning
+        a = (a ^ np.asarray(v).astype(np.int64).astype(_U)) * _U(0xBF58476D1CE4E5B9)
+        a = (a ^ (a >> _U(31))) * _U(0x94D049BB133111EB)
+        a ^= a >> _U(29)
+    return (a >> _U(1)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -73,24 +99,30 @@ class StepSampler:
     def _perm(self, role: int, n: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, role, n, epoch]).permutation(n)
 
-    def items(self, step: int) -> list[tuple[int, int, int, int, int]]:
+    def items(self, step: int) -> np.ndarray:
+        """This rank's items of `step`: rows of (role, split id, index, label, seed), int64."""
         out = []
         for st in self.streams:
             n = len(st.pool)
             base = step * st.per_rank * self.world + self.rank * st.per_rank
-            for p in range(base, base + st.per_rank):
-                i = int(self._perm(st.role, n, p // n)[p % n])
-                out.append((st.role, int(st.pool.split[i]), int(st.pool.index[i]), int(st.pool.label[i]),
-                            mix_seed(self.seed, st.role, p)))
-        return out
+            p = np.arange(base, base + st.per_rank, dtype=np.int64)
+            epoch = p // n
+            i = np.empty_like(p)
+            for e in np.unique(epoch).tolist():  # one epoch, or two where the step straddles a boundary
+                at = epoch == e
+                i[at] = self._perm(st.role, n, e)[p[at] % n]
+            out.append(np.stack([np.full_like(p, st.role), st.pool.split[i], st.pool.index[i], st.pool.label[i],
+                                 mix_seeds(self.seed, st.role, p)], axis=1).astype(np.int64, copy=False))
+        return np.concatenate(out) if out else np.empty((0, 5), np.int64)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int, int, int]]]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         for step in range(self.start, self.end):
             yield self.items(step)
 
 
 class ShardImages(Dataset):
-    """Reads one sample's bytes from its shard by offset, decodes and augments it.
+    """Reads a step's samples from their shards by offset, decodes and augments them, and
+    stacks them into the step's Batch (`__getitems__`).
 
     Shard files are opened on first read and closed by close(), by `with`, or when the
     dataset is collected: an evaluation builds a dataset per pass, and a long run evaluates
@@ -149,48 +181,88 @@ class ShardImages(Dataset):
             if img is not None:
                 return img
         s = self.splits[split_id]
-        img = fit(decode(self.read(split_id, index), f"{s.shards[int(s.shard[index])]} sample {s.ids[index]}"), self.size)
+        img = fit(decode(self.read(split_id, index), lambda: f"{s.shards[int(s.shard[index])]} sample {s.ids[index]}"),
+                  self.size)
         if cache is not None:
             cache.put((split_id, index), img)
         return img
 
-    def __getitem__(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
-        return self.__getitems__([item])[0]
+    def __getitem__(self, item: Sequence[int]) -> Batch:
+        """One item as a batch of one (DataLoader's per-sample fetch, which sslrun does not use)."""
+        return self.__getitems__([item])
 
-    def __getitems__(self, items: list[tuple[int, int, int, int, int]]) -> list[tuple[int, list[Tensor], int, int, int]]:
-        """A step's items in one call (DataLoader's batched fetch). Each view that draws is seeded
-        from its sample's seed; in the training process the caller's generator state, which that
-        seeding overwrites, is saved and restored once per call, and not at all when no view draws."""
-        draws = self.draws
+    def __getitems__(self, items: Sequence[Sequence[int]] | np.ndarray) -> Batch:
+        """A step's items (rows of role, split id, index, label, seed) read, decoded, viewed and
+        stacked into one Batch in one call: DataLoader's batched fetch, whose collate_fn then
+        passes the batch through. Why one call: at 32 px a decode is ~30 us, and a tuple per
+        sample, a list per view and a regrouping by role in a separate collate cost about a third
+        of that (cProfile, issue 16).
+
+        Each view that draws is seeded from its sample's seed; in the training process the
+        caller's generator state, which that seeding overwrites, is saved and restored once per
+        call, and not at all when no view draws."""
+        rows = np.asarray(items, dtype=np.int64).reshape(-1, 5)
+        roles = rows[:, 0]
+        present = set(roles.tolist())
         state = None
-        if get_worker_info() is None and any(any(draws[role]) for role in {it[0] for it in items}):
+        if get_worker_info() is None and any(any(self.draws[role]) for role in present):
             state = torch.get_rng_state()
+        images: list[tuple[str, list[Tensor]]] = []
+        ints: list[tuple[str, np.ndarray]] = []
         try:
-            return [self._load(it) for it in items]
+            for role, names in ROLE_KEYS:
+                if role not in present:
+                    continue
+                mine = rows[roles == role]
+                decoded = (self.image(sid, idx) for sid, idx in zip(mine[:, 1].tolist(), mine[:, 2].tolist()))
+                views = self.make_views(role, decoded, mine[:, 4])
+                images += [(names[k], v) for k, v in enumerate(views)]
+                ints += self._columns(role, mine)
         finally:
             if state is not None:
                 torch.set_rng_state(state)
+        return pack(images, ints)
 
-    def _load(self, item: tuple[int, int, int, int, int]) -> tuple[int, list[Tensor], int, int, int]:
-        role, split_id, index, label, seed = item
-        s = self.splits[split_id]
-        if role == EVAL:
-            label = int(s.label[index])
-        return role, self.make_views(role, self.image(split_id, index), seed), label, index, int(s.hidden[index])
+    def make_views(self, role: int, images: Iterable[Tensor], seeds: np.ndarray) -> list[list[Tensor]]:
+        """The role's views of decoded images (one list per view, in image order), each view that
+        draws seeded by (its sample's seed, view number)."""
+        transforms = self.views[role]
+        per_view_seeds = [mix_seeds(seeds, k).tolist() if draws else None for k, draws in enumerate(self.draws[role])]
+        out: list[list[Tensor]] = [[] for _ in transforms]
+        # the CPU generator only: torch.manual_seed also visits every accelerator backend, ~0.5 ms
+        # a call here, more than decoding a small JPEG; transforms draw from this one
+        gen = torch.default_generator
+        for j, img in enumerate(images):
+            for k, t in enumerate(transforms):
+                view_seeds = per_view_seeds[k]
+                if view_seeds is not None:
+                    gen.manual_seed(view_seeds[j])
+                out[k].append(t(img))
+        return out
 
-    def make_views(self, role: int, img: Tensor, seed: int) -> list[Tensor]:
-        """The role's views of one decoded image, each that draws seeded by (sample seed, view)."""
-        views = []
-        for k, (t, draws) in enumerate(zip(self.views[role], self.draws[role])):
-            if draws:
-                # the CPU generator only: torch.manual_seed also visits every accelerator backend,
-                # ~0.5 ms a call here, more than decoding a small JPEG; transforms draw from this one
-                torch.default_generator.manual_seed(mix_seed(seed, k))
-            views.append(t(img).contiguous())
-        return views
+    def _columns(self, role: int, mine: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The role's integer columns: labels and indices, or indices and hidden truth."""
+        index = mine[:, 2]
+        if role == UNLABELED:
+            return [("u_index", index), ("u_truth", self._per_split(mine, "hidden"))]
+        label = self._per_split(mine, "label") if role == EVAL else mine[:, 3]
+        return [("y", label), ("y_index", index)]
+
+    def _per_split(self, mine: np.ndarray, column: str) -> np.ndarray:
+        """A sample-index column (label, hidden) looked up in each row's own split."""
+        out = np.empty(len(mine), np.int64)
+        for sid in np.unique(mine[:, 1]).tolist():
+            at = mine[:, 1] == sid
+            out[at] = getattr(self.splits[sid], column)[mine[at, 2]]
+        return out
 
     def __len__(self) -> int:  # only for DataLoader's sanity checks; sampling is by item
         return sum(len(s) for s in self.splits)
+
+
+# each role's batch keys, one per view in order, in the order a batch holds them
+ROLE_KEYS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (LABELED, ("x",)), (EVAL, ("x",)), (UNLABELED, ("u_weak", "u_strong")))
 
 
 class Batch(dict):
@@ -217,46 +289,38 @@ def _unpack(images: Tensor, ints: Tensor, layout: list[tuple[str, int, int, tupl
     return out
 
 
-def collate(items: list[tuple[int, list[Tensor], int, int, int]]) -> Batch:
-    """Group a step's items by role into uint8 image stacks and index/label vectors."""
-    images: list[tuple[str, list[Tensor]]] = []
-    ints: list[tuple[str, list[int]]] = []
-    for role, prefix, names in ((LABELED, "", ("x",)), (EVAL, "", ("x",)), (UNLABELED, "u_", ("weak", "strong"))):
-        mine = [it for it in items if it[0] == role]
-        if not mine:
-            continue
-        for k in range(len(mine[0][1])):
-            key = names[k] if role != UNLABELED else prefix + names[k]
-            images.append((key, [it[1][k] for it in mine]))
-        if role == UNLABELED:
-            ints += [("u_index", [it[3] for it in mine]), ("u_truth", [it[4] for it in mine])]
-        else:
-            ints += [("y", [it[2] for it in mine]), ("y_index", [it[3] for it in mine])]
+def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarray]]) -> Batch:
+    """Stack each key's images and integer columns into the batch's two buffers (in shared
+    memory inside a worker, so the batch crosses to the trainer without a copy)."""
     shapes = {tuple(t.shape) for _, ts in images for t in ts}
     dtypes = {t.dtype for _, ts in images for t in ts}
-    if len(shapes) != 1 or len(dtypes) != 1:  # views of different sizes: one stack per key
+    if len(shapes) > 1 or len(dtypes) > 1:  # views of different sizes: one stack per key
         out = Batch({key: _stack(ts) for key, ts in images})
-        out.update({key: torch.tensor(v) for key, v in ints})
+        out.update({key: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for key, v in ints})
         return out
-    shape = shapes.pop()
-    n_img = sum(len(ts) for _, ts in images)
-    img_buf = _empty((n_img, *shape), dtypes.pop())
-    int_buf = torch.tensor([v for _, vs in ints for v in vs], dtype=torch.int64)
-    if get_worker_info() is not None:
-        int_buf.share_memory_()
+    shape = shapes.pop() if shapes else (0,)
+    img_buf = _empty((sum(len(ts) for _, ts in images), *shape), dtypes.pop() if dtypes else torch.uint8)
+    int_buf = _empty((sum(len(v) for _, v in ints),), torch.int64)
     layout: list[tuple[str, int, int, tuple[int, ...]]] = []
     at = 0
     for key, ts in images:
         torch.stack(ts, out=img_buf[at:at + len(ts)])
         layout.append((key, at, at + len(ts), shape))
         at += len(ts)
+    if ints:
+        int_buf.numpy()[:] = np.concatenate([v for _, v in ints])
     at = 0
-    for key, vs in ints:
-        layout.append((key, at, at + len(vs), ()))
-        at += len(vs)
+    for key, v in ints:
+        layout.append((key, at, at + len(v), ()))
+        at += len(v)
     out = _unpack(img_buf, int_buf, layout)
     out.packed = (img_buf, int_buf, layout)
     return out
+
+
+def collate(batch: Batch) -> Batch:
+    """DataLoader's collate_fn: ShardImages.__getitems__ has made the batch already."""
+    return batch
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:

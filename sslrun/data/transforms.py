@@ -29,19 +29,20 @@ MAX_PIXELS = 64 * 1024 * 1024  # a decompression bomb is refused before it fills
 Transform = Callable[[Tensor], Tensor]
 
 
-def decode(data: bytes | bytearray, where: str = "image") -> Tensor:
+def decode(data: bytes | bytearray, where: str | Callable[[], str] = "image") -> Tensor:
     """Bytes of any format PIL opens -> uint8 RGB (3, H, W), EXIF orientation applied as viewers do.
 
     The one decoder of the suite (training, evaluation, shards/verify.py): the build keeps each
     image's original bytes, so decoding happens here, at read time, and nowhere else.
     JPEGs with 1 or 3 components take torchvision's libjpeg-turbo path (the bulk, and fast);
-    everything else goes through PIL and `to_rgb`. Every failure is a UserError naming `where`.
+    everything else goes through PIL and `to_rgb`. Every failure is a UserError naming `where`
+    (a callable is called only then: the loader's name of a sample costs a string per decode).
     """
     frame = jpeg_frame(data)
     if frame is not None and frame[2] in (1, 3):
         w, h, _ = frame
         if w * h > MAX_PIXELS:
-            raise UserError(f"{where}: {w}x{h} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
+            raise UserError(f"{_named(where)}: {w}x{h} pixels is over the {MAX_PIXELS} limit (decompression bomb?)")
         # torchvision's decoder for JPEG only: it is the fast path that matters, and its PNG
         # decoder crashed the process (not an exception) on a corrupt data chunk in our tests.
         buf = data if isinstance(data, bytearray) else bytearray(data)  # frombuffer wants a writable buffer
@@ -53,7 +54,11 @@ def decode(data: bytes | bytearray, where: str = "image") -> Tensor:
             return img[:3] if img.dim() == 3 else img[0, :3]
         except RuntimeError:
             pass  # e.g. progressive oddities: PIL below handles them
-    return _decode_pil(data, where)
+    return _decode_pil(data, _named(where))
+
+
+def _named(where: str | Callable[[], str]) -> str:
+    return where() if callable(where) else where
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
