@@ -97,6 +97,33 @@ def test_jpeg_modes_close_to_pil(mode):
     assert got.shape == want.shape and np.abs(got - want).mean() < 2.0
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_fast_path_gives_the_public_functions_pixels(mode, orientation):
+    """decode calls torchvision's registered op without its Python wrapper (issue 16: the
+    wrapper's per-call warning cost a fifth of a small decode); the pixels must be exactly those
+    of the public torchvision.io.decode_image, for colour and grey JPEGs, rotated or not."""
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    from sslrun.data import transforms
+
+    assert transforms._decode_rgb is not transforms._public_decode_rgb, "this torchvision has the op: the fast path is on"
+    im = Image.fromarray(np.kron(RGB8, np.ones((4, 4, 1), np.uint8)), "RGB").convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _save(im, "JPEG", quality=90, exif=exif.tobytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                            apply_exif_orientation=True)
+    got = decode(data, "test")
+    assert got.shape == want.shape and got.shape[0] == 3 and torch.equal(got, want)
+    assert torch.equal(transforms._public_decode_rgb(torch.frombuffer(bytearray(data), dtype=torch.uint8)), want)
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_applied_as_viewers_do(fmt, orientation):

@@ -13,6 +13,7 @@ batch. So:
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -120,6 +121,20 @@ class StepSampler:
             yield self.items(step)
 
 
+_READERS: weakref.WeakSet[ShardImages] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """In a forked process (a DataLoader worker) every reader's descriptors are copies of the
+    parent's: close them there, so that each process opens and closes its own. A fork hook, not a
+    getpid check in `read`: that was a system call per sample."""
+    for reader in list(_READERS):
+        reader.close()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class ShardImages(Dataset):
     """Reads a step's samples from their shards by offset, decodes and augments them, and
     stacks them into the step's Batch (`__getitems__`).
@@ -136,12 +151,9 @@ class ShardImages(Dataset):
         self.splits, self.size, self.views, self.cache = splits, size, views, cache
         self.draws = {role: [draws_random(t) for t in ts] for role, ts in views.items()}
         self._fds: dict[str, int] = {}
-        self._pid = os.getpid()
+        _READERS.add(self)
 
     def read(self, split_id: int, index: int) -> bytes:
-        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are its copies to close
-            self.close()
-            self._pid = os.getpid()
         s = self.splits[split_id]
         path = s.shards[int(s.shard[index])]
         fd = self._fds.get(path)
@@ -172,6 +184,10 @@ class ShardImages(Dataset):
         if self.cache is not None:
             state["cache"] = self.cache.emptied()
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        _READERS.add(self)
 
     def image(self, split_id: int, index: int) -> Tensor:
         """Sample `index` of split `split_id`, decoded and fitted to size x size (uint8 CHW)."""

@@ -47,11 +47,10 @@ def decode(data: bytes | bytearray, where: str | Callable[[], str] = "image") ->
         # decoder crashed the process (not an exception) on a corrupt data chunk in our tests.
         buf = data if isinstance(data, bytearray) else bytearray(data)  # frombuffer wants a writable buffer
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = decode_image(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                   apply_exif_orientation=True)
-            return img[:3] if img.dim() == 3 else img[0, :3]
+            img = _decode_rgb(torch.frombuffer(buf, dtype=torch.uint8))
+            if img.dim() == 4:
+                img = img[0]
+            return img if img.shape[0] == 3 else img[:3]
         except RuntimeError:
             pass  # e.g. progressive oddities: PIL below handles them
     return _decode_pil(data, _named(where))
@@ -59,6 +58,29 @@ def decode(data: bytes | bytearray, where: str | Callable[[], str] = "image") ->
 
 def _named(where: str | Callable[[], str]) -> str:
     return where() if callable(where) else where
+
+
+def _public_decode_rgb(encoded: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # torchvision 0.29 warns on every call that decoding moves to torchcodec
+        warnings.simplefilter("ignore")
+        return decode_image(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
+def _fast_decode_rgb() -> Callable[[Tensor], Tensor]:
+    """torchvision's registered decode op, called without its Python wrapper, or the public
+    function where this torchvision has no such op. Why: the wrapper logs API usage and warns on
+    every call, and the warnings filter around it then costs more still; together about a fifth of
+    the decode of a 32 px JPEG (bench/RESULTS-throughput.md, issue 16). Same op, same pixels:
+    tests/test_decode_modes.py compares the two."""
+    try:
+        op = torch.ops.image.decode_image
+    except (AttributeError, RuntimeError):
+        return _public_decode_rgb
+    rgb = ImageReadMode.RGB.value
+    return lambda encoded: op(encoded, rgb, True)
+
+
+_decode_rgb = _fast_decode_rgb()
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
