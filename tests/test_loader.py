@@ -179,3 +179,23 @@ def test_a_view_that_draws_is_seeded_per_sample_and_a_plain_view_is_not(digits):
     both = ds.__getitems__(mixed)
     assert torch.equal(both["x"], torch.stack([forward[it[4]] for it in items]))
     assert both["y_index"].tolist() == [it[2] for it in items] and both["u_index"].tolist() == [it[2] for it in plain]
+
+
+def test_a_forked_child_closes_its_copies_of_the_readers_descriptors(digits):
+    """A DataLoader worker forked from the trainer must not keep the trainer's shard descriptors
+    (a fork hook closes them in the child; the parent's stay open and usable)."""
+    import os
+
+    split = load_split(read_manifest(digits), "train")
+    with ShardImages([split], 8, {LABELED: [make_transform("none")]}) as ds:
+        ds.read(0, 0)
+        parent_fds = dict(ds._fds)
+        assert parent_fds
+        pid = os.fork()
+        if pid == 0:  # the child: its copies are closed, and it opens its own to read
+            ok = ds._fds == {} and all(not os.path.exists(f"/proc/self/fd/{fd}") for fd in parent_fds.values())
+            ok = ok and len(ds.read(0, 1)) > 0 and len(ds._fds) == 1
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ds._fds == parent_fds and len(ds.read(0, 1)) > 0
