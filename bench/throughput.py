@@ -78,23 +78,26 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-_REF: tuple[ShardImages, np.ndarray, list[bytearray]] | None = None
+_REF: tuple[ShardImages, np.ndarray, list[bytearray], int] | None = None
 
 
 def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
-    """Decode + fit + views of items [lo, hi) from bytes already in memory; (count, seconds)."""
+    """Decode + fit + views of items [lo, hi) from bytes already in memory, a step's items at a
+    time as the loader takes them (so neither side holds more than a step's images); (count, seconds)."""
     assert _REF is not None
-    ds, items, raws = _REF
+    ds, items, raws, per_step = _REF
     torch.set_num_threads(1)
     lo, hi = lo_hi
     t0 = time.perf_counter()
-    for role in np.unique(items[lo:hi, 0]).tolist():
-        rows = lo + np.flatnonzero(items[lo:hi, 0] == role)
-        # the loader's own view code, seeding included, each view made CHW-contiguous as a batch holds
-        # it (a decoded JPEG is an HWC buffer seen as CHW); left out: read, batch stack, handover
-        for views in ds.make_views(role, (fit(decode(raws[j]), ds.size) for j in rows.tolist()), items[rows, 4]):
-            for v in views:
-                v.contiguous()
+    for a in range(lo, hi, per_step):
+        step = items[a:min(a + per_step, hi)]
+        for role in np.unique(step[:, 0]).tolist():
+            rows = a + np.flatnonzero(step[:, 0] == role)
+            # the loader's own view code, seeding included, each view made CHW-contiguous as a batch
+            # holds it (a decoded JPEG is an HWC buffer seen as CHW); left out: read, stack, handover
+            for views in ds.make_views(role, (fit(decode(raws[j]), ds.size) for j in rows.tolist()), items[rows, 4]):
+                for v in views:
+                    v.contiguous()
     return hi - lo, time.perf_counter() - t0
 
 
@@ -171,7 +174,7 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
     del it_loader
     sampler = StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps)
     items = np.concatenate([sampler.items(step) for step in range(steps)])
-    _REF = (ds, items, [bytearray(ds.read(sid, idx)) for sid, idx in items[:, 1:3].tolist()])
+    _REF = (ds, items, [bytearray(ds.read(sid, idx)) for sid, idx in items[:, 1:3].tolist()], len(items) // steps)
     procs = max(1, workers)
 
     cpu_rates: dict[str, list[float]] = {"loader": [], "ref": []}

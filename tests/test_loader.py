@@ -38,22 +38,23 @@ def test_resume_reads_what_the_uninterrupted_run_read():
 def test_step_items_are_the_per_position_definition():
     """The vectorised sampler gives, for each position p of a role's stream, sample perm_e[p mod n]
     of epoch e = p // n and seed mix_seed(seed, role, p): the module's definition, written out
-    per sample here, including steps that straddle an epoch boundary and ranks of a world of 3."""
+    per sample here, for steps that cross an epoch boundary, ranks of worlds of 2 and 3, and a
+    pool smaller than a rank's share of a step (3 samples, 4 a step: a step spans 3 epochs)."""
     from sslrun.data.loader import mix_seed
 
-    pools = {LABELED: Pool(np.zeros(13, np.int64), np.arange(13) * 2, np.arange(13) % 3),
-             UNLABELED: Pool(np.ones(50, np.int64), np.arange(50), np.full(50, -1))}
-    for rank, world in ((0, 1), (2, 3)):
-        sampler = StepSampler([Stream(pools[LABELED], LABELED, 4), Stream(pools[UNLABELED], UNLABELED, 9)],
-                              7, rank, world, 0, 12)
+    for n_labeled, rank, world in ((13, 0, 1), (13, 2, 3), (3, 1, 2)):
+        pools = {LABELED: Pool(np.zeros(n_labeled, np.int64), np.arange(n_labeled) * 2, np.arange(n_labeled) % 3),
+                 UNLABELED: Pool(np.ones(50, np.int64), np.arange(50), np.full(50, -1))}
+        per_rank = {LABELED: 4, UNLABELED: 9}
+        sampler = StepSampler([Stream(pools[r], r, per_rank[r]) for r in (LABELED, UNLABELED)], 7, rank, world, 0, 12)
         for step in range(12):
             want = []
-            for role, per_rank in ((LABELED, 4), (UNLABELED, 9)):
-                pool, n = pools[role], len(pools[role])
-                for p in range(step * per_rank * world + rank * per_rank, step * per_rank * world + (rank + 1) * per_rank):
+            for role in (LABELED, UNLABELED):
+                pool, n, k = pools[role], len(pools[role]), per_rank[role]
+                for p in range(step * k * world + rank * k, step * k * world + (rank + 1) * k):
                     i = int(np.random.default_rng([7, role, n, p // n]).permutation(n)[p % n])
                     want.append([role, int(pool.split[i]), int(pool.index[i]), int(pool.label[i]), mix_seed(7, role, p)])
-            assert sampler.items(step).tolist() == want, (rank, step)
+            assert sampler.items(step).tolist() == want, (n_labeled, rank, step)
 
 
 def test_mix_seeds_is_mix_seed_elementwise():

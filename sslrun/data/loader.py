@@ -102,19 +102,22 @@ class StepSampler:
 
     def items(self, step: int) -> np.ndarray:
         """This rank's items of `step`: rows of (role, split id, index, label, seed), int64."""
-        out = []
+        out = np.empty((sum(st.per_rank for st in self.streams), 5), np.int64)
+        at = 0
         for st in self.streams:
             n = len(st.pool)
             base = step * st.per_rank * self.world + self.rank * st.per_rank
             p = np.arange(base, base + st.per_rank, dtype=np.int64)
-            epoch = p // n
             i = np.empty_like(p)
-            for e in np.unique(epoch).tolist():  # one epoch, or two where the step straddles a boundary
-                at = epoch == e
-                i[at] = self._perm(st.role, n, e)[p[at] % n]
-            out.append(np.stack([np.full_like(p, st.role), st.pool.split[i], st.pool.index[i], st.pool.label[i],
-                                 mix_seeds(self.seed, st.role, p)], axis=1).astype(np.int64, copy=False))
-        return np.concatenate(out) if out else np.empty((0, 5), np.int64)
+            for e in range(base // n, (base + st.per_rank - 1) // n + 1):  # one epoch, or more where the step crosses one
+                lo, hi = max(base, e * n) - base, min(base + st.per_rank, (e + 1) * n) - base
+                i[lo:hi] = self._perm(st.role, n, e)[p[lo:hi] - e * n]
+            rows = out[at:at + st.per_rank]
+            rows[:, 0] = st.role
+            rows[:, 1], rows[:, 2], rows[:, 3] = st.pool.split[i], st.pool.index[i], st.pool.label[i]
+            rows[:, 4] = mix_seeds(self.seed, st.role, p)
+            at += st.per_rank
+        return out
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for step in range(self.start, self.end):
