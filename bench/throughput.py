@@ -8,7 +8,8 @@
 Prints one line per figure (medians over --repeats, the two sides interleaved so that the
 load of a shared machine hits both alike):
 - P2: loader samples/s / the same decode + fit + views applied to in-memory bytes by the same
-  number of processes (what the plumbing costs: pread, IPC, collate); with `--wids` also the
+  number of processes, a step's items at a time, each view made CHW-contiguous as a batch holds
+  it (what the plumbing costs: the sampler, pread, the batch's stack, IPC); with `--wids` also the
   same loader reading each sample through `wids.ShardListDataset` over the set's
   `<split>.wids.json` instead of by offset (all three sides alternated in one run), and what
   opening each split costs a process through wids (it scans every tar header of a shard the
