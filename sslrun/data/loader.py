@@ -284,15 +284,19 @@ ROLE_KEYS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (LABELED, ("x",)), (EVAL, ("x",)), (UNLABELED, ("u_weak", "u_strong")))
 
 
+Layout = list[tuple[str, int, torch.dtype, tuple[int, ...]]]  # key, byte offset, dtype, shape
+
+
 class Batch(dict):
-    """A step's batch: a dict of tensors, whose images are views of one uint8 buffer and whose
-    index and label vectors are views of one int64 buffer.
+    """A step's batch: a dict of tensors that are all views of one byte buffer (images, then the
+    index and label vectors).
 
-    Why: every tensor a worker hands to the trainer costs a shared-memory file and a file
-    descriptor passed over a socket (torch's file_descriptor strategy), in both processes; a
-    FixMatch batch has seven. Pickled, a Batch is its two buffers and their layout."""
+    Why: every tensor a worker hands to the trainer costs a shared-memory file, and a file
+    descriptor passed over a socket to the worker's descriptor-sharing thread (torch's
+    file_descriptor strategy), in both processes; a FixMatch batch has seven tensors. Pickled, a
+    Batch is its one buffer and its layout."""
 
-    packed: tuple[Tensor, Tensor, list[tuple[str, int, int, tuple[int, ...]]]] | None = None
+    packed: tuple[Tensor, Layout] | None = None
 
     def __reduce__(self) -> tuple:
         if self.packed is None:
@@ -300,16 +304,17 @@ class Batch(dict):
         return _unpack, self.packed
 
 
-def _unpack(images: Tensor, ints: Tensor, layout: list[tuple[str, int, int, tuple[int, ...]]]) -> Batch:
-    """The batch's tensors as views of its two buffers (`layout`: key, start, stop, shape)."""
+def _unpack(buf: Tensor, layout: Layout) -> Batch:
+    """The batch's tensors as views of its buffer's storage."""
+    storage = buf.untyped_storage()
     out = Batch()
-    for key, a, b, shape in layout:
-        out[key] = images[a:b] if shape else ints[a:b]
+    for key, at, dtype, shape in layout:
+        out[key] = torch.empty(0, dtype=dtype).set_(storage, at // dtype.itemsize, shape)
     return out
 
 
 def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarray]]) -> Batch:
-    """Stack each key's images and integer columns into the batch's two buffers (in shared
+    """Stack each key's images, then the integer columns, into the batch's one buffer (in shared
     memory inside a worker, so the batch crosses to the trainer without a copy)."""
     shapes = {tuple(t.shape) for _, ts in images for t in ts}
     dtypes = {t.dtype for _, ts in images for t in ts}
@@ -318,22 +323,27 @@ def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarra
         out.update({key: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for key, v in ints})
         return out
     shape = shapes.pop() if shapes else (0,)
-    img_buf = _empty((sum(len(ts) for _, ts in images), *shape), dtypes.pop() if dtypes else torch.uint8)
-    int_buf = _empty((sum(len(v) for _, v in ints),), torch.int64)
-    layout: list[tuple[str, int, int, tuple[int, ...]]] = []
+    dtype = dtypes.pop() if dtypes else torch.uint8
+    n_img, n_int = sum(len(ts) for _, ts in images), sum(len(v) for _, v in ints)
+    image_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    int_at = -(-n_img * image_bytes // 8) * 8  # the int64 columns start 8-byte aligned
+    buf = _empty((int_at + 8 * n_int,), torch.uint8)
+    storage = buf.untyped_storage()
+    img_buf = torch.empty(0, dtype=dtype).set_(storage, 0, (n_img, *shape))
+    layout: Layout = []
     at = 0
     for key, ts in images:
         torch.stack(ts, out=img_buf[at:at + len(ts)])
-        layout.append((key, at, at + len(ts), shape))
+        layout.append((key, at * image_bytes, dtype, (len(ts), *shape)))
         at += len(ts)
     if ints:
-        int_buf.numpy()[:] = np.concatenate([v for _, v in ints])
-    at = 0
+        torch.empty(0, dtype=torch.int64).set_(storage, int_at // 8, (n_int,)).numpy()[:] = np.concatenate([v for _, v in ints])
+    at = int_at
     for key, v in ints:
-        layout.append((key, at, at + len(v), ()))
-        at += len(v)
-    out = _unpack(img_buf, int_buf, layout)
-    out.packed = (img_buf, int_buf, layout)
+        layout.append((key, at, torch.int64, (len(v),)))
+        at += 8 * len(v)
+    out = _unpack(buf, layout)
+    out.packed = (buf, layout)
     return out
 
 
