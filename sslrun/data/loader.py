@@ -213,7 +213,7 @@ class ShardImages(Dataset):
     def __getitems__(self, items: Sequence[Sequence[int]] | np.ndarray) -> Batch:
         """A step's items (rows of role, split id, index, label, seed) read, decoded, viewed and
         stacked into one Batch in one call: DataLoader's batched fetch, whose collate_fn then
-        passes the batch through. Why one call: at 32 px a decode is ~30 us, and a tuple per
+        passes the batch through. Why one call: at 32 px a decode is 20-30 us, and a tuple per
         sample, a list per view and a regrouping by role in a separate collate cost about a third
         of that (cProfile, issue 16).
 
