@@ -59,7 +59,6 @@ from sslrun.engine import Trainer, seed_step
 from sslrun.evaluate import labeling_pass
 from sslrun.strategies.base import StepInfo
 
-Item = tuple[int, int, int, int, int]
 
 
 def _median_ratio(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple[float, float, float]:
