@@ -339,7 +339,7 @@ class Trainer:
                     if self.budget.anchor_step == self.step and self.info.is_main:
                         log.info("budget_s=%g: the cosine now ends at step %d (was %d), %.0f %% of it done at step %d",
                                  cfg.budget_s, self.budget.steps, planned, 100 * self.budget.progress(self.step), self.step)
-                n_img += sum(v.shape[0] for v in (batch.x, batch.u_weak, batch.u_strong) if v is not None) * self.info.world
+                n_img += batch.views_drawn() * self.info.world
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.time()
                     self._log_train(loss, logs, n_img / max(now - t_log, 1e-9))
@@ -400,15 +400,20 @@ class Trainer:
         g = torch.Generator(device=dev)
         g.manual_seed(mix_seed(cfg.seed, self.step, self.info.rank, 0xA06))
         x = apply_preset(cfg.augment, raw["x"].to(dev, non_blocking=True), g)
-        u_weak = u_strong = None
+        u_weak = u_strong = make_strong = None
         if "u_weak" in raw:
             plain = raw["u_weak"].to(dev, non_blocking=True)
             views = self.strategy.unlabeled_views
             u_weak = self.prepare(apply_preset("weak", plain, g)) if "weak" in views else None
-            u_strong = self.prepare(apply_preset(cfg.strong, plain, g)) if "strong" in views else None
+            if "strong" in views and self.strategy.strong_on_demand():
+                g_strong = torch.Generator(device=dev)
+                g_strong.manual_seed(mix_seed(cfg.seed, self.step, self.info.rank, 0xA07))
+                make_strong = lambda rows: self.prepare(apply_preset(cfg.strong, plain[rows], g_strong))  # noqa: E731
+            elif "strong" in views:
+                u_strong = self.prepare(apply_preset(cfg.strong, plain, g))
         return Batch(
             x=self.prepare(x), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
-            u_weak=u_weak, u_strong=u_strong,
+            u_weak=u_weak, u_strong=u_strong, make_strong=make_strong,
             u_index=raw["u_index"].to(dev, non_blocking=True) if "u_index" in raw else None,
             u_truth=raw["u_truth"].to(dev, non_blocking=True) if "u_truth" in raw else None,
         )

@@ -8,6 +8,7 @@ loss can be checked by hand on fixed logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +30,23 @@ class Batch:
     u_index: Tensor | None = None  # unlabeled samples' indices in their split
     u_truth: Tensor | None = None  # hidden true class for diagnostics, -1 where unknown
     y_index: Tensor | None = None  # labeled samples' indices (or pseudo-labeled ones')
+    # augment_on=trainer, for a strategy that wants the strong views of some rows only
+    # (Strategy.strong_on_demand): rows -> their strong views, made when asked; u_strong is None.
+    make_strong: Callable[[Tensor], Tensor] | None = None
+
+    def strong_rows(self, rows: Tensor | None) -> Tensor:
+        """The strong views of `rows` (every row where None), sliced from u_strong or made now."""
+        if self.make_strong is not None:
+            assert self.u_weak is not None
+            return self.make_strong(torch.arange(self.u_weak.shape[0], device=self.u_weak.device) if rows is None else rows)
+        assert self.u_strong is not None
+        return self.u_strong if rows is None else self.u_strong[rows]
+
+    def views_drawn(self) -> int:
+        """Images the step's views count for: a strong view made on demand counts for every
+        unlabeled row, as if all were made, so images/s compares across `strong_pass` settings."""
+        strong = self.u_weak if self.make_strong is not None else self.u_strong
+        return sum(v.shape[0] for v in (self.x, self.u_weak, strong) if v is not None)
 
 
 @dataclass
@@ -96,6 +114,11 @@ class Strategy:
         self.epoch_steps = 1
         # The EMA model, set by the engine when ema_decay > 0: a strategy may take targets from it.
         self.teacher: nn.Module | None = None
+
+    def strong_on_demand(self) -> bool:
+        """Whether compute_loss asks for the strong views of some rows only (Batch.strong_rows), so
+        that an engine augmenting whole batches (augment_on=trainer) makes just those."""
+        return False
 
     @property
     def needs_unlabeled(self) -> bool:

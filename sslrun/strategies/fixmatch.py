@@ -28,7 +28,10 @@ the loss, so its forward and backward buy nothing but batch statistics, and in t
 of bench/RESULTS-accuracy.md 50-100 % of them are under 0.95 (all at the start). The loss and its
 gradient are the same (the kept rows' sum over the whole unlabeled count, as the masked mean);
 what changes is that batch norm takes its statistics from labeled + kept rows. `all` (the
-default) is the published algorithm.
+default) is the published algorithm. With `augment_on=trainer` the strong views are then made for
+the kept rows only (Batch.make_strong), so RandAugment's cost, like the forward's, follows the
+mask rate; they come from their own generator, seeded by (seed, step, rank), so a resumed step
+draws the same pixels.
 """
 
 from __future__ import annotations
@@ -97,12 +100,15 @@ class FixMatch(Strategy):
             raise UserError("extra.strong_pass=kept needs the pseudo-labels before the student's forward, "
                             "which extra.weak_pass=joint computes in it: set extra.weak_pass=ema or no_grad")
 
+    def strong_on_demand(self) -> bool:
+        return self.strong_pass == "kept"
+
     def compute_loss(self, model: nn.Module, batch: Batch, info: StepInfo) -> tuple[Tensor, dict[str, LogValue]]:
-        assert batch.u_weak is not None and batch.u_strong is not None
+        assert batch.u_weak is not None
         n, m = batch.x.shape[0], batch.u_weak.shape[0]
         x, mix = self.mix_labeled(batch.x)
         if self.weak_pass == "joint":
-            logits = model(torch.cat([x, batch.u_weak, batch.u_strong]))
+            logits = model(torch.cat([x, batch.u_weak, batch.strong_rows(None)]))
             logits_x, logits_w, logits_s = logits[:n], logits[n:n + m], logits[n + m:]
             return self.loss_from_logits(logits_x, batch.y, logits_w, logits_s, batch.u_truth, info, mix, batch.u_index)
         with torch.no_grad():
@@ -111,8 +117,7 @@ class FixMatch(Strategy):
             logits_w = teacher(batch.u_weak)
         pl = self.pseudo_labels(logits_w, info, batch.u_index)
         rows = pl.mask.nonzero().squeeze(1) if self.strong_pass == "kept" else None
-        strong = batch.u_strong if rows is None else batch.u_strong[rows]
-        logits = model(torch.cat([x, strong]))
+        logits = model(torch.cat([x, batch.strong_rows(rows)]))
         return self.loss_from_labels(logits[:n], batch.y, pl, logits[n:], rows, batch.u_truth, mix)
 
     def loss_from_logits(self, logits_x: Tensor, y: Tensor, logits_w: Tensor, logits_s: Tensor,
