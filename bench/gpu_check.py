@@ -6,7 +6,9 @@ Figures, printed one a line and written to a JSON file (default ./gpu_check.json
 - resnet50 at 224 px, bf16 autocast + channels_last: training images/s, eager and torch.compile;
 - FixMatch at 96 px through the engine's own step: steps/s fed by the real loader over a synthetic
   shard set (built with sslrun.data.build, as shards/build.py does) / fed by pre-made batches already
-  on the GPU (the target is >= 0.95: the loader must not be what limits a GPU);
+  on the GPU (the target is >= 0.95: the loader must not be what limits a GPU), once with the views
+  made per sample in the loader workers (`augment_on=loader`, the default) and once per batch on
+  the GPU (`augment_on=trainer`: the workers only decode), so one run says which a GPU node wants;
 - NCCL process group of world size 1: init, one all_reduce, shutdown;
 - peak GPU memory over the checks of this process;
 - a 200-step FixMatch run through jobs/train.py, stopped by SIGTERM half-way and resumed, against the
@@ -106,17 +108,18 @@ def make_shards(work: Path, tiny: bool) -> Path:
     return out
 
 
-def fixmatch_ratio(data: Path, work: Path, device: torch.device, tiny: bool) -> dict[str, float]:
-    """FixMatch steps/s with the real loader / with pre-made batches already on the device."""
+def fixmatch_ratio(data: Path, work: Path, device: torch.device, tiny: bool, augment_on: str) -> dict[str, float]:
+    """FixMatch steps/s with the real loader / with pre-made batches already on the device; keys
+    `fixmatch_<augment_on>_augments_...`."""
     from throughput import _train_step
 
     from sslrun.config import Config
     from sslrun.engine import Trainer
 
-    cfg = Config(data=str(data), root=str(work / "runs"), sweep="fm", name="fm", model=_size("model", tiny),
+    cfg = Config(data=str(data), root=str(work / "runs"), sweep="fm", name=f"fm-{augment_on}", model=_size("model", tiny),
                  image_size=_size("fm_size", tiny), batch_size=_size("fm_batch", tiny), mu=_size("fm_mu", tiny),
                  steps=10**6, device=device.type, strategy="fixmatch", threads=1 if tiny else 0,
-                 workers=0 if tiny else -1)
+                 workers=0 if tiny else -1, augment_on=augment_on)
     tr = Trainer(cfg)
     steps = _size("fm_steps", tiny)
     it = tr._loader(0)
@@ -137,8 +140,9 @@ def fixmatch_ratio(data: Path, work: Path, device: torch.device, tiny: bool) -> 
         _train_step(tr, premade[s % 2], s)
     _sync(device)
     ready = steps / (time.perf_counter() - t0)
-    return {"fixmatch_loader_steps_per_s": loader, "fixmatch_premade_steps_per_s": ready,
-            "fixmatch_loader_ratio": loader / ready, "fixmatch_workers": tr.workers}
+    key = f"fixmatch_{augment_on}_augments"
+    return {f"{key}_loader_steps_per_s": loader, f"{key}_premade_steps_per_s": ready,
+            f"{key}_loader_ratio": loader / ready, f"{key}_workers": tr.workers}
 
 
 def nccl_check(device: torch.device) -> dict[str, Any]:
@@ -243,8 +247,9 @@ def main() -> int:
         if device.type == "cuda":  # torch.compile on the CPU needs a C++ toolchain and minutes: GPU only
             show("resnet_images_per_s_compiled", resnet_rate(device, a.tiny, compiled=True))
         data = make_shards(work, a.tiny)
-        for k, v in fixmatch_ratio(data, work, device, a.tiny).items():
-            show(k, v)
+        for augment_on in ("loader", "trainer"):
+            for k, v in fixmatch_ratio(data, work, device, a.tiny, augment_on).items():
+                show(k, v)
         for k, v in nccl_check(device).items():
             show(f"ddp_{k}", v)
         if device.type == "cuda":

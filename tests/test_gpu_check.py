@@ -25,7 +25,8 @@ def test_cpu_tiny_smoke_run_writes_its_figures(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["resnet_images_per_s_eager"] > 0
-    assert 0 < figures["fixmatch_loader_ratio"] and figures["fixmatch_premade_steps_per_s"] > 0
+    for on in ("loader", "trainer"):  # the views made in the workers, then on the device
+        assert 0 < figures[f"fixmatch_{on}_augments_loader_ratio"] and figures[f"fixmatch_{on}_augments_premade_steps_per_s"] > 0
     assert figures["ddp_backend"] == "gloo" and figures["ddp_all_reduce_ok"] is True
     # stopped by SIGTERM half-way and resumed: on the CPU the weights must be bit-identical
     assert figures["resume_restarts"] == 1, figures
