@@ -29,7 +29,7 @@ from sslrun import run_folder
 from sslrun.config import ALIASES, Config, check_text, closest, make_config, parse_overrides, run_name
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.epochs import run_epoch_steps, threshold_warning
-from sslrun.errors import UserError
+from sslrun.errors import UserError, one_line
 from sslrun.run_check import check_run
 
 
@@ -398,17 +398,53 @@ def submit(configs: list[Config], opts: ClusterOptions) -> list[tuple[Config, su
     if not todo:
         return []
     folder = Path(todo[0].root) / todo[0].sweep / ".submitit"
-    executor = make_executor(folder, opts)
+    before = _submitit_files(folder)
+    made, up = [], folder  # the folders this call creates, innermost first
+    while not up.exists() and up != up.parent:
+        made.append(up)
+        up = up.parent
     jobs: list[submitit.Job] = []
-    with executor.batch():
-        for cfg in todo:
-            jobs.append(executor.submit(TrainJob(), cfg.to_dict()))
+    try:
+        executor = make_executor(folder, opts)
+        with executor.batch():
+            for cfg in todo:
+                jobs.append(executor.submit(TrainJob(), cfg.to_dict()))
+    except submitit.core.utils.FailedJobError as err:
+        _remove_new(folder, before, made)
+        runs = f"{len(todo)} run" + ("s" if len(todo) > 1 else "")
+        raise UserError(f"sbatch refused the {runs} of {folder.parent}: {sbatch_reason(str(err))}; "
+                        f"nothing was submitted (check --partition, --account, --qos and --sbatch options and that "
+                        f"`sinfo` answers, or run them here with --cluster local)") from None
     with open(jobs_file(folder.parent), "a") as f:
         for cfg, job in zip(todo, jobs):
             f.write(json.dumps({"run": cfg.name, "job_id": str(job.job_id), "cluster": opts.resolved_cluster(),
                                 "submitted": round(time.time(), 1), "stdout": str(job.paths.stdout),
                                 "stderr": str(job.paths.stderr)}) + "\n")
     return list(zip(todo, jobs))
+
+
+def sbatch_reason(stderr: str) -> str:
+    """sbatch's error lines as one line, without their `sbatch: error:` prefixes."""
+    lines = [re.sub(r"^sbatch:\s*error:\s*", "", ln.strip()) for ln in stderr.splitlines() if ln.strip()]
+    return one_line("; ".join(dict.fromkeys(lines)) or "no message", 400)
+
+
+def _submitit_files(folder: Path) -> set[Path]:
+    """What submitit writes in the sweep's `.submitit` folder before it calls sbatch."""
+    return {*folder.glob("*.pkl"), *folder.glob(".submission_file_*.sh")} if folder.is_dir() else set()
+
+
+def _remove_new(folder: Path, before: set[Path], made: list[Path]) -> None:
+    """Remove what a failed submission left: submitit's new pickles and sbatch file in `folder`
+    (only those: jobs of the sweep that still run write beside them), then the folders in `made`
+    (created by this call), where empty."""
+    for path in _submitit_files(folder) - before:
+        path.unlink(missing_ok=True)
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def run_overrides(cfg: Config) -> list[str]:

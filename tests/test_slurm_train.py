@@ -310,11 +310,22 @@ def test_dry_run_and_bad_input_submit_nothing(slurm_cluster, digits, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "strategy=nope" in bad.stderr
     bad_time = run_door("jobs/submit.py", *common, "--time", "soon")
     assert bad_time.returncode == 2 and "--time 'soon'" in bad_time.stderr
+    # sbatch itself refuses (a partition this cluster lacks): one line with sbatch's reason, exit 2,
+    # submitit's pickles and sbatch file removed, and what the sweep folder held before left alone
+    earlier = tmp_path / "old" / ".submitit" / "earlier.pkl"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"a job of this sweep sent before")
+    for sweep in ("old", "new"):
+        refused = run_door("jobs/submit.py", *common, f"sweep={sweep}", "--partition", "nosuchpart", "--array", "seeds=1,2")
+        last = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 2 and "internal" not in refused.stderr, refused.stderr
+        assert last.startswith(f"error: sbatch refused the 2 runs of {tmp_path / sweep}: ") and "nosuchpart" in last, last
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["old", "old/.submitit", "old/.submitit/earlier.pkl"]
     queued = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True, check=True).stdout
     known = subprocess.run(["sacct", "-n", "-X", "--name", name, "-S", "now-1hour"], capture_output=True, text=True,
                            check=True).stdout
     assert queued.strip() == "" and known.strip() == ""
-    assert not (tmp_path / "s").exists()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "new").exists()
     missing = run_door("jobs/status.py", str(tmp_path / "nosuch"))
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         f"error: sweep folder {tmp_path / 'nosuch'} does not exist"]

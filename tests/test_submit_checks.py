@@ -14,7 +14,7 @@ from sslrun.config import make_config
 from sslrun.data.manifest import read_manifest
 from sslrun.epochs import run_epoch_steps, threshold_warning
 from sslrun.errors import UserError
-from sslrun.launch import ClusterOptions, default_cpus_per_task, node_cpus, parse_sinfo_cpus, plan_runs
+from sslrun.launch import ClusterOptions, default_cpus_per_task, node_cpus, parse_sinfo_cpus, plan_runs, sbatch_reason
 
 SCHEDULE = "threshold=0.9+0.02*epoch"
 
@@ -162,3 +162,13 @@ def test_cpus_or_gpus_asked_through_sbatch_options_are_left_alone(digits, tmp_pa
     assert ClusterOptions(sbatch=["--gres=gpu:2"]).sbatch_asks("gres", "gpu")
     proc = _dry_run(digits, tmp_path, "--sbatch", "cpus-per-gpu=6", "--gpus-per-node", "2", "steps=10")
     assert "cpus-per-task" not in proc.stdout and "#SBATCH --cpus-per-gpu=6" in proc.stdout
+
+
+def test_sbatch_reason_is_one_line_of_its_distinct_errors():
+    err = ("sbatch: error: invalid partition specified: nosuch\n"
+           "sbatch: error: Batch job submission failed: Invalid partition name specified\n\n"
+           "sbatch: error: Batch job submission failed: Invalid partition name specified\n")
+    assert sbatch_reason(err) == ("invalid partition specified: nosuch; "
+                                  "Batch job submission failed: Invalid partition name specified")
+    assert sbatch_reason("") == "no message"
+    assert "\n" not in sbatch_reason("sbatch: error: a\x1b[31m\nb")
