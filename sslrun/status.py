@@ -21,32 +21,47 @@ def submitted_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     return run_folder.submitted_jobs(sweep_dir)[0]
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
-    """Job id -> (state, restarts). sacct -D lists one line per start, so restarts = lines - 1."""
-    if not job_ids or not shutil.which("sacct"):
-        return _squeue_states(job_ids)
-    proc = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return _squeue_states(job_ids)
-    lines: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
-        job, _, state = line.partition("|")
-        lines.setdefault(job, []).append(state.split()[0] if state else "?")
-    out = {job: (states[-1], len(states) - 1) for job, states in lines.items()}
-    for job, (state, restarts) in _squeue_states([j for j in job_ids if j not in out]).items():
-        out[job] = (state, restarts)
-    return out
+# squeue retries a controller that does not answer for 20-40 s before it gives up; a busy one may
+# answer slowly. Past this, the states shown are the run folders' own, and the table says why.
+SLURM_TIMEOUT_S = 90.0
 
 
-def _squeue_states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
-    """Without accounting, squeue knows the jobs still queued or running (restarts unknown: -1)."""
-    if not job_ids or not shutil.which("squeue"):
-        return {}
-    proc = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(job_ids)], capture_output=True, text=True)
+def _ask(cmd: list[str]) -> tuple[str | None, str]:
+    """stdout of a SLURM query, or None and why it did not answer."""
+    if not shutil.which(cmd[0]):
+        return None, f"{cmd[0]} is not on PATH"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, f"{cmd[0]} gave no answer in {SLURM_TIMEOUT_S:g} s"
+    except OSError as err:
+        return None, f"{cmd[0]}: {err.strerror or err}"
     if proc.returncode != 0:
-        return {}
-    return {job: (state, -1) for job, _, state in (ln.partition("|") for ln in proc.stdout.splitlines())}
+        said = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        return None, one_line(f"{cmd[0]}: {said[-1] if said else f'exit {proc.returncode}'}", 200)
+    return proc.stdout, ""
+
+
+def slurm_states(job_ids: list[str]) -> tuple[dict[str, tuple[str, int]], str]:
+    """Job id -> (state, restarts), and '' or why SLURM could not be asked. sacct -D lists one line
+    per start, so restarts = lines - 1; without accounting, squeue knows the queued and running jobs."""
+    if not job_ids:
+        return {}, ""
+    out: dict[str, tuple[str, int]] = {}
+    if shutil.which("sacct"):
+        text, _ = _ask(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
+        lines: dict[str, list[str]] = {}
+        for line in (text or "").splitlines():
+            job, _, state = line.partition("|")
+            lines.setdefault(job, []).append(state.split()[0] if state else "?")
+        out = {job: (states[-1], len(states) - 1) for job, states in lines.items() if job in job_ids}
+    rest = [j for j in job_ids if j not in out]
+    if not rest:
+        return out, ""
+    text, why = _ask(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(rest)])
+    for job, _, state in (ln.partition("|") for ln in (text or "").splitlines()):
+        out[job] = (state, -1)
+    return out, why if text is None and not out else ""
 
 
 def progress(run_dir: Path) -> dict[str, Any]:
@@ -79,15 +94,18 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
             raise UserError(jobs_damage)
         raise UserError(f"sweep folder {sweep_dir} holds no runs and no submitted jobs")
     slurm_ids = [str(rec.get("job_id")) for rec in jobs.values() if rec.get("cluster", "slurm") == "slurm"]
-    states = slurm_states(slurm_ids)
+    states, unanswered = slurm_states(slurm_ids)
     rows = []
     for name in names:
         run_dir = Path(sweep_dir) / name
         rec = jobs.get(name, {})
-        row: dict[str, Any] = {"run": name, "job_id": rec.get("job_id"), "log": rec.get("stderr"), **progress(run_dir)}
+        row: dict[str, Any] = {"run": name, "job_id": rec.get("job_id"), "log": rec.get("stderr"), **progress(run_dir),
+                               "note": None}
         state, restarts = states.get(str(rec.get("job_id")), ("", -1))
         if row["state"] in ("new", "started", "partial") and state:
             row["state"] = state  # SLURM knows whether it waits, runs or died; done/failed/damaged are the folder's
+        elif row["state"] in ("new", "started", "partial") and unanswered and rec.get("cluster", "slurm") == "slurm":
+            row["note"] = f"SLURM did not answer ({unanswered}): this state is the run folder's; the job may still wait or run"
         if restarts >= 0 and row["restarts"] is None:
             row["restarts"] = restarts
         rows.append(row)
@@ -111,7 +129,7 @@ def status_table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r['run'], r['job_id'] or '-', r['state'], _fmt(r['step']), _fmt(r['epoch']), _fmt(r['val_acc'], True),
-                 _fmt(r['best_val_acc'], True), _fmt(r['restarts']), r['log'] or '-', r.get('damage') or '-']
+                 _fmt(r['best_val_acc'], True), _fmt(r['restarts']), r['log'] or '-', r.get('damage') or r.get('note') or '-']
         # A folder made by hand can be named `a\nb` or `a|b`: one run stays one row of the table.
         lines.append("| " + " | ".join(one_line(str(c), 10_000).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)

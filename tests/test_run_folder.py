@@ -257,3 +257,53 @@ def test_progress_live_bars_in_a_terminal(tmp_path):
     progress.update()
     progress.close()
     assert "30/60" in out.getvalue() and "img/s 99" in out.getvalue()
+
+
+def _sweep_with_a_slurm_job_unfinished(tmp_path: Path) -> Path:
+    sweep = tmp_path / "s"
+    make_run(sweep, "seed=42", result=DONE)
+    make_run(sweep, "seed=43", ckpt_step=2, seed=43)
+    (sweep / ".submitit").mkdir()
+    (sweep / ".submitit" / "jobs.jsonl").write_text('{"run": "seed=42", "job_id": "7_0", "cluster": "slurm"}\n'
+                                                    '{"run": "seed=43", "job_id": "7_1", "cluster": "slurm"}\n')
+    return sweep
+
+
+def test_status_says_when_slurm_cannot_be_asked(tmp_path):
+    """A sweep sent to SLURM, looked at where SLURM's tools are missing (a laptop with a copy of the
+    folder): the unfinished run keeps its folder's state, and its row says why no job state is shown."""
+    sweep = _sweep_with_a_slurm_job_unfinished(tmp_path)
+    import sys
+
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}  # python, and no squeue or sacct
+    proc = run_door("jobs/status.py", str(sweep), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert rows["seed=42"]["state"] == "done" and rows["seed=42"]["note"] is None
+    assert rows["seed=43"]["state"] == "partial"
+    assert rows["seed=43"]["note"].startswith("SLURM did not answer (squeue is not on PATH)")
+    table = run_door("jobs/status.py", str(sweep), env=env).stdout
+    assert "SLURM did not answer (squeue is not on PATH)" in table.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_status_says_when_the_controller_does_not_answer(tmp_path):
+    """The real squeue, pointed by SLURM_CONF at a controller port where nothing listens, fails after
+    its own retries (~20 s): the row says so with squeue's words instead of a state it guessed."""
+    import os
+    import shutil
+
+    if shutil.which("squeue") is None:
+        if os.environ.get("CI"):
+            pytest.fail("squeue is not on PATH under CI (slurm/test-cluster/up.sh installs it)")
+        pytest.skip("no squeue here")
+    sweep = _sweep_with_a_slurm_job_unfinished(tmp_path)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=6999\nAuthType=auth/munge\n"
+                    "NodeName=n1 CPUs=1\nPartitionName=p Nodes=n1\n")
+    proc = run_door("jobs/status.py", str(sweep), "--json", env={**os.environ, "SLURM_CONF": str(conf)})
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert rows["seed=43"]["state"] == "partial", rows
+    assert rows["seed=43"]["note"].startswith("SLURM did not answer (squeue: "), rows
+    assert "Unable to contact slurm controller" in rows["seed=43"]["note"]
