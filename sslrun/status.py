@@ -47,14 +47,12 @@ def slurm_states(job_ids: list[str]) -> tuple[dict[str, tuple[str, int]], str]:
     per start, so restarts = lines - 1; without accounting, squeue knows the queued and running jobs."""
     if not job_ids:
         return {}, ""
-    out: dict[str, tuple[str, int]] = {}
-    if shutil.which("sacct"):
-        text, _ = _ask(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
-        lines: dict[str, list[str]] = {}
-        for line in (text or "").splitlines():
-            job, _, state = line.partition("|")
-            lines.setdefault(job, []).append(state.split()[0] if state else "?")
-        out = {job: (states[-1], len(states) - 1) for job, states in lines.items() if job in job_ids}
+    text, _ = _ask(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
+    lines: dict[str, list[str]] = {}
+    for line in (text or "").splitlines():
+        job, _, state = line.partition("|")
+        lines.setdefault(job, []).append(state.split()[0] if state else "?")
+    out = {job: (states[-1], len(states) - 1) for job, states in lines.items() if job in job_ids}
     rest = [j for j in job_ids if j not in out]
     if not rest:
         return out, ""
@@ -101,10 +99,12 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
         rec = jobs.get(name, {})
         row: dict[str, Any] = {"run": name, "job_id": rec.get("job_id"), "log": rec.get("stderr"), **progress(run_dir),
                                "note": None}
-        state, restarts = states.get(str(rec.get("job_id")), ("", -1))
-        if row["state"] in ("new", "started", "partial") and state:
-            row["state"] = state  # SLURM knows whether it waits, runs or died; done/failed/damaged are the folder's
-        elif row["state"] in ("new", "started", "partial") and unanswered and rec.get("cluster", "slurm") == "slurm":
+        job_id = str(rec.get("job_id"))
+        state, restarts = states.get(job_id, ("", -1))
+        unfinished = row["state"] in ("new", "started", "partial")  # done/failed/damaged are the folder's
+        if unfinished and state:
+            row["state"] = state  # SLURM knows whether it waits, runs or died
+        elif unfinished and unanswered and rec and job_id in slurm_ids:
             row["note"] = f"SLURM did not answer ({unanswered}): this state is the run folder's; the job may still wait or run"
         if restarts >= 0 and row["restarts"] is None:
             row["restarts"] = restarts

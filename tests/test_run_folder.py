@@ -263,6 +263,7 @@ def _sweep_with_a_slurm_job_unfinished(tmp_path: Path) -> Path:
     sweep = tmp_path / "s"
     make_run(sweep, "seed=42", result=DONE)
     make_run(sweep, "seed=43", ckpt_step=2, seed=43)
+    make_run(sweep, "seed=44", ckpt_step=2, seed=44)  # a folder with no job record: SLURM was never asked of it
     (sweep / ".submitit").mkdir()
     (sweep / ".submitit" / "jobs.jsonl").write_text('{"run": "seed=42", "job_id": "7_0", "cluster": "slurm"}\n'
                                                     '{"run": "seed=43", "job_id": "7_1", "cluster": "slurm"}\n')
@@ -282,8 +283,10 @@ def test_status_says_when_slurm_cannot_be_asked(tmp_path):
     assert rows["seed=42"]["state"] == "done" and rows["seed=42"]["note"] is None
     assert rows["seed=43"]["state"] == "partial"
     assert rows["seed=43"]["note"].startswith("SLURM did not answer (squeue is not on PATH)")
+    assert rows["seed=44"]["state"] == "partial" and rows["seed=44"]["note"] is None  # never sent to SLURM
     table = run_door("jobs/status.py", str(sweep), env=env).stdout
-    assert "SLURM did not answer (squeue is not on PATH)" in table.splitlines()[-1]
+    (row43,) = [ln for ln in table.splitlines() if ln.startswith("| seed=43 |")]
+    assert "SLURM did not answer (squeue is not on PATH)" in row43
 
 
 @pytest.mark.slow
