@@ -31,10 +31,14 @@ LABELED, UNLABELED, EVAL = 0, 1, 2
 MASK64 = (1 << 64) - 1
 
 
+_SEED0, _MUL1, _MUL2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's constants
+_U = np.uint64
+
+
 def _mix(h: int, v: int) -> int:
     """One splitmix64 step folding integer `v` into state `h`."""
-    h = (h ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
-    h = (h ^ (h >> 31)) * 0x94D049BB133111EB & MASK64
+    h = (h ^ (v & MASK64)) * _MUL1 & MASK64
+    h = (h ^ (h >> 31)) * _MUL2 & MASK64
     return h ^ (h >> 29)
 
 
@@ -44,10 +48,6 @@ def mix_seed(*values: int) -> int:
     for v in values:
         h = _mix(h, v)
     return h >> 1
-
-
-_SEED0 = 0x9E3779B97F4A7C15
-_U = np.uint64
 
 
 def mix_seeds(*values: int | np.ndarray) -> np.ndarray:
@@ -61,8 +61,8 @@ def mix_seeds(*values: int | np.ndarray) -> np.ndarray:
         return np.int64(h >> 1)
     a = np.full(np.broadcast_shapes(*(np.shape(v) for v in values[k:])), h, dtype=_U)
     for v in values[k:]:  # uint64 array arithmetic wraps modulo 2**64 without a warning
-        a = (a ^ np.asarray(v).astype(np.int64).astype(_U)) * _U(0xBF58476D1CE4E5B9)
-        a = (a ^ (a >> _U(31))) * _U(0x94D049BB133111EB)
+        a = (a ^ np.asarray(v).astype(np.int64).astype(_U)) * _U(_MUL1)
+        a = (a ^ (a >> _U(31))) * _U(_MUL2)
         a ^= a >> _U(29)
     return (a >> _U(1)).astype(np.int64)
 
