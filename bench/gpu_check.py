@@ -7,8 +7,11 @@ Figures, printed one a line and written to a JSON file (default ./gpu_check.json
 - FixMatch at 96 px through the engine's own step: steps/s fed by the real loader over a synthetic
   shard set (built with sslrun.data.build, as shards/build.py does) / fed by pre-made batches already
   on the GPU (the target is >= 0.95: the loader must not be what limits a GPU), once with the views
-  made per sample in the loader workers (`augment_on=loader`, the default) and once per batch on
-  the GPU (`augment_on=trainer`: the workers only decode), so one run says which a GPU node wants;
+  made per sample in the loader workers (`augment_on=loader`) and once per batch on the GPU
+  (`augment_on=trainer`: the workers only decode; what the default `auto` picks for the default
+  presets), so one run says which a GPU node wants;
+- the batched augmentation's per-sample draws on the GPU equal to the CPU's (and the share of strong
+  view pixels that differ);
 - NCCL process group of world size 1: init, one all_reduce, shutdown;
 - peak GPU memory over the checks of this process;
 - a 200-step FixMatch run through jobs/train.py, stopped by SIGTERM half-way and resumed, against the
@@ -145,6 +148,24 @@ def fixmatch_ratio(data: Path, work: Path, device: torch.device, tiny: bool, aug
             f"{key}_loader_ratio": loader / ready, f"{key}_workers": tr.workers}
 
 
+def draws_check(device: torch.device) -> dict[str, Any]:
+    """augment_on=trainer on the device against the CPU: each sample's draws (int64 splitmix64,
+    which relies on wrapping products) must be equal, so a sample gets the same pixels whatever
+    runs it; the strong views' pixels are compared and the share that differs is reported (float
+    ops such as the sharpness convolution may round differently on the GPU)."""
+    from sslrun.data.batch_augment import VIEW_STRONG, apply_preset
+    from sslrun.data.sample_draws import SampleDraws
+
+    g = torch.Generator().manual_seed(0)
+    seeds = torch.randint(0, 2**62, (256,), generator=g)
+    x = torch.randint(0, 256, (256, 3, 32, 32), generator=g, dtype=torch.uint8)
+    cpu, dev = SampleDraws(seeds, VIEW_STRONG), SampleDraws(seeds.to(device), VIEW_STRONG)
+    same = torch.equal(cpu.bits(8), dev.bits(8).cpu())
+    a = apply_preset("randaugment", x, SampleDraws(seeds, VIEW_STRONG))
+    b = apply_preset("randaugment", x.to(device), SampleDraws(seeds.to(device), VIEW_STRONG)).cpu()
+    return {"draws_equal": same, "strong_pixels_differing": float((a != b).float().mean())}
+
+
 def nccl_check(device: torch.device) -> dict[str, Any]:
     """Init a process group of world size 1 (NCCL on a GPU, gloo on the CPU), all_reduce, shut down."""
     import torch.distributed as dist
@@ -250,6 +271,8 @@ def main() -> int:
         for augment_on in ("loader", "trainer"):
             for k, v in fixmatch_ratio(data, work, device, a.tiny, augment_on).items():
                 show(k, v)
+        for k, v in draws_check(device).items():
+            show(f"batch_augment_{k}", v)
         for k, v in nccl_check(device).items():
             show(f"ddp_{k}", v)
         if device.type == "cuda":

@@ -63,7 +63,7 @@ class Config:
     ema_decay: float = 0.999  # 0 = no EMA model
     augment: str = "weak"  # labeled-view augmentation preset
     strong: str = "randaugment"  # strong-view preset
-    augment_on: str = "loader"  # loader (per sample, in the workers) | trainer (per batch, on the device)
+    augment_on: str = "auto"  # auto (trainer where both presets have a batched version) | loader (per sample, in the workers) | trainer (per batch, on the device)
     # cadence
     eval_every: int = 500
     log_every: int = 50
@@ -198,7 +198,7 @@ KEYS: dict[str, Key] = {
     "ema_decay": Key("float", 0, 1, hi_open=True, doc="0 (off) or a number in (0, 1)"),
     "augment": _STR,
     "strong": _STR,
-    "augment_on": Key("str", choices=("loader", "trainer")),
+    "augment_on": Key("str", choices=("auto", "loader", "trainer")),
     "eval_every": _COUNT,
     "log_every": _COUNT,
     "ckpt_every": _COUNT,

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from sslrun import checkpoint, distributed, run_folder, run_record
 from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
-from sslrun.data.batch_augment import apply_preset, check_presets
+from sslrun.data.batch_augment import VIEW_LABELED, VIEW_STRONG, VIEW_WEAK, apply_preset, check_presets, resolve_augment_on
+from sslrun.data.sample_draws import SampleDraws
 from sslrun.data.decoded_cache import MB, DecodedCache
 from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
@@ -118,6 +119,7 @@ class Trainer:
         self.manifest: Manifest = read_manifest(cfg.data)
         check_shards(self.manifest, cfg.verify_shards)  # a damaged shard is found before any folder is made
         check_presets(cfg.augment, cfg.strong, cfg.augment_on)
+        self.augment_on = resolve_augment_on(cfg.augment_on, cfg.augment, cfg.strong)
         self.train = load_split(self.manifest, "train")
         self.val = load_split(self.manifest, "val") if "val" in self.manifest.splits else None
         self.unlabeled = load_split(self.manifest, "unlabeled") if "unlabeled" in self.manifest.splits else None
@@ -212,7 +214,7 @@ class Trainer:
                 pool = Pool(np.concatenate([pool.split, ones]), np.concatenate([pool.index, idx]),
                             np.concatenate([pool.label, lab]))
         streams = [Stream(pool, LABELED, cfg.batch_size)]
-        on_trainer = cfg.augment_on == "trainer"  # then the workers decode only; _batch augments
+        on_trainer = self.augment_on == "trainer"  # then the workers decode only; _batch augments
         views = {LABELED: [make_transform("none" if on_trainer else cfg.augment)]}
         if self.unlabeled is not None:
             splits.append(self.unlabeled)
@@ -298,6 +300,10 @@ class Trainer:
         if state is not None:
             self.load_state_dict(state)
             log.info("resumed %s at step %d (restart %d)", self.run_dir, self.step, self.restarts)
+        if cfg.augment_on == "auto" and self.info.is_main:
+            log.info("augment_on=auto: the views are made on the %s (%s)", self.augment_on,
+                     f"augment={cfg.augment} and strong={cfg.strong} have batched versions" if self.augment_on == "trainer"
+                     else "a preset has no batched version")
         self.runlog = RunLog(self.run_dir, self.step) if self.info.is_main else None
         it = self._loader(self.step)
         t_log, n_img = time.time(), 0
@@ -383,7 +389,7 @@ class Trainer:
 
     def _batch(self, raw: dict[str, Tensor]) -> Batch:
         dev = self.device
-        if self.cfg.augment_on == "trainer":
+        if self.augment_on == "trainer":
             return self._augmented_batch(raw)
         return Batch(
             x=self.prepare(raw["x"]), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
@@ -394,23 +400,24 @@ class Trainer:
         )
 
     def _augmented_batch(self, raw: dict[str, Tensor]) -> Batch:
-        """augment_on=trainer: the step's plain uint8 images, augmented here as whole batches,
-        from a generator seeded by (seed, step, rank): a resumed step draws the same pixels."""
+        """augment_on=trainer: the step's plain uint8 images, augmented here as whole batches, each
+        image from its own sample's seed (the loader's `x_seed`, `u_seed`): the same pixels on any
+        rank and in a resumed step, and a kept row's strong view made on demand is the one the full
+        pass would have made."""
         cfg, dev = self.cfg, self.device
-        g = torch.Generator(device=dev)
-        g.manual_seed(mix_seed(cfg.seed, self.step, self.info.rank, 0xA06))
-        x = apply_preset(cfg.augment, raw["x"].to(dev, non_blocking=True), g)
+        x = apply_preset(cfg.augment, raw["x"].to(dev, non_blocking=True),
+                         SampleDraws(raw["x_seed"].to(dev, non_blocking=True), VIEW_LABELED))
         u_weak = u_strong = make_strong = None
         if "u_weak" in raw:
             plain = raw["u_weak"].to(dev, non_blocking=True)
+            seeds = raw["u_seed"].to(dev, non_blocking=True)
             views = self.strategy.unlabeled_views
-            u_weak = self.prepare(apply_preset("weak", plain, g)) if "weak" in views else None
+            u_weak = self.prepare(apply_preset("weak", plain, SampleDraws(seeds, VIEW_WEAK))) if "weak" in views else None
             if "strong" in views and self.strategy.strong_on_demand():
-                g_strong = torch.Generator(device=dev)
-                g_strong.manual_seed(mix_seed(cfg.seed, self.step, self.info.rank, 0xA07))
-                make_strong = lambda rows: self.prepare(apply_preset(cfg.strong, plain[rows], g_strong))  # noqa: E731
+                make_strong = lambda rows: self.prepare(  # noqa: E731
+                    apply_preset(cfg.strong, plain[rows], SampleDraws(seeds[rows], VIEW_STRONG)))
             elif "strong" in views:
-                u_strong = self.prepare(apply_preset(cfg.strong, plain, g))
+                u_strong = self.prepare(apply_preset(cfg.strong, plain, SampleDraws(seeds, VIEW_STRONG)))
         return Batch(
             x=self.prepare(x), y=raw["y"].to(dev, non_blocking=True), y_index=raw["y_index"].to(dev, non_blocking=True),
             u_weak=u_weak, u_strong=u_strong, make_strong=make_strong,

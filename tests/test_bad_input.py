@@ -196,7 +196,7 @@ CASES = [
     Case("train-zero-steps", T, lambda e: _train_args(e, "steps=0"), "steps=0: expected a positive integer"),
     Case("train-bad-bool", T, lambda e: _train_args(e, "frozen=maybe"), "frozen=maybe: expected true or false"),
     Case("train-bad-choice", T, lambda e: _train_args(e, "verify_shards=always"), "verify_shards=always: expected one of"),
-    Case("train-bad-augment-on", T, lambda e: _train_args(e, "augment_on=gpu"), "augment_on=gpu: expected one of loader, trainer"),
+    Case("train-bad-augment-on", T, lambda e: _train_args(e, "augment_on=gpu"), "augment_on=gpu: expected one of auto, loader, trainer"),
     Case("train-unbatched-preset", T, lambda e: _train_args(e, "augment_on=trainer", "augment=jitter"),
          "augment=jitter: no batched version for augment_on=trainer"),
     Case("train-bad-name", T, lambda e: _train_args(e, "name=a/b"), "expected plain folder names"),

@@ -1,16 +1,18 @@
-"""augment_on=trainer: the batched augmentations checked by hand, and a run that uses them
-resumes exactly (the generator is seeded by step, not carried in the checkpoint)."""
+"""augment_on=trainer: the batched augmentations checked by hand, each sample's draws from its
+own seed (the same pixels whatever rows are beside it), and a run that uses them resumes exactly."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from conftest import FAST, _train, _cut_and_resume
 from sslrun.data import batch_augment as A
+from sslrun.data.sample_draws import SampleDraws, finalize
 from sslrun.errors import UserError
 
 
@@ -19,13 +21,61 @@ def _images(n: int = 16, side: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8)
 
 
-def _gen(seed: int = 1) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _gen(n: int, seed: int = 1, view: int = A.VIEW_STRONG) -> SampleDraws:
+    """Streams for n rows, as the loader's seeds would give them (large, distinct)."""
+    return SampleDraws(torch.from_numpy(np.random.default_rng(seed).integers(0, 2**63 - 1, n)), view)
+
+
+def _splitmix_finalizer(z: np.ndarray) -> np.ndarray:
+    u = np.uint64
+    z = z.astype(u)
+    z = (z ^ (z >> u(30))) * u(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> u(27))) * u(0x94D049BB133111EB)
+    return (z ^ (z >> u(31))).astype(np.int64)
+
+
+def test_int64_tensor_arithmetic_gives_splitmix64_as_uint64_does():
+    """The draws rely on int64 products wrapping and on a masked shift being logical."""
+    v = np.random.default_rng(0).integers(-2**63, 2**63 - 1, 5000, dtype=np.int64)
+    v[:4] = [0, -1, 2**63 - 1, -2**63]
+    assert np.array_equal(finalize(torch.from_numpy(v)).numpy(), _splitmix_finalizer(v))
+
+
+def test_draws_are_ranged_reach_every_value_and_follow_their_row_alone():
+    r = _gen(20000)
+    u, i = r.uniform()[0], r.integers(14)[0]
+    assert u.dtype == torch.float32 and 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
+    counts = torch.bincount(i, minlength=14)
+    assert len(counts) == 14 and counts.min() > 0.9 * 20000 / 14, counts.tolist()
+    again = _gen(20000)
+    assert torch.equal(again.uniform()[0], u), "the same seeds give the same first draw"
+    assert not torch.equal(again.uniform()[0], u), "the next draw is another"
+    rows = torch.tensor([7, 3, 19999])
+    sub = _gen(20000).rows(rows)
+    assert torch.equal(sub.uniform()[0], u[rows]), "a row's stream is the same without its neighbours"
+    other_view = SampleDraws(_gen(20000).seeds, A.VIEW_WEAK)
+    assert not torch.equal(other_view.uniform()[0], u), "a sample's views draw from different streams"
+    assert r.integers(1)[0].eq(0).all()
+    with pytest.raises(ValueError):
+        r.integers(0)
+
+
+@pytest.mark.parametrize("preset", ["weak", "randaugment"])
+def test_a_rows_pixels_do_not_depend_on_the_rows_beside_it(preset):
+    """What makes 2 ranks train what 1 rank trains, and a kept row's strong view made on demand
+    the view the full pass would have made."""
+    x = _images(96)
+    whole = A.apply_preset(preset, x, _gen(96))
+    for rows in (torch.tensor([5]), torch.tensor([90, 2, 47, 13]), torch.arange(48, 96), torch.randperm(96)):
+        part = A.apply_preset(preset, x[rows], _gen(96).rows(rows))
+        assert torch.equal(part, whole[rows]), rows.tolist()
+    with pytest.raises(ValueError, match="96 images, 3 streams"):
+        A.apply_preset(preset, x, _gen(3))
 
 
 def test_flip_gives_each_image_or_its_mirror_and_both_occur():
     x = _images(64)
-    out = A.flip(x, _gen())
+    out = A.flip(x, _gen(64))
     same = [torch.equal(o, i) for o, i in zip(out, x)]
     mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x)]
     assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
@@ -33,7 +83,7 @@ def test_flip_gives_each_image_or_its_mirror_and_both_occur():
 
 def test_translate_is_a_crop_of_the_reflect_padded_image():
     x = _images(32, side=16)
-    out = A.translate(x, _gen())
+    out = A.translate(x, _gen(32))
     p = 2  # 0.125 of 16
     padded = torch.nn.functional.pad(x.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
     offsets = set()
@@ -47,7 +97,7 @@ def test_translate_is_a_crop_of_the_reflect_padded_image():
 
 def test_cutout_greys_one_square_of_half_the_side_and_nothing_else():
     x = _images(8, side=16).clamp(max=100)  # no pixel is GREY before
-    out = A.cutout(x, _gen())
+    out = A.cutout(x, _gen(8))
     for k in range(len(x)):
         grey = (out[k] == A.GREY).all(dim=0)
         ys, xs = grey.nonzero(as_tuple=True)
@@ -86,9 +136,9 @@ def test_geometric_ops_by_hand():
 
 def test_randaugment_is_seeded_ranged_and_uses_every_op():
     x = _images(256, side=16)
-    a = A.apply_preset("randaugment", x, _gen(5))
-    b = A.apply_preset("randaugment", x, _gen(5))
-    c = A.apply_preset("randaugment", x, _gen(6))
+    a = A.apply_preset("randaugment", x, _gen(256, 5))
+    b = A.apply_preset("randaugment", x, _gen(256, 5))
+    c = A.apply_preset("randaugment", x, _gen(256, 6))
     assert a.dtype == torch.uint8 and a.shape == x.shape
     assert torch.equal(a, b) and not torch.equal(a, c)
     changed = (a != x).flatten(1).any(1).float().mean()
@@ -105,6 +155,16 @@ def test_presets_without_a_batched_version_are_refused_by_name():
     with pytest.raises(UserError, match=r"^strong=report: no batched version"):
         A.check_presets("weak", "report", "trainer")
     A.check_presets("jitter", "report", "loader")  # both exist as per-sample presets
+    A.check_presets("jitter", "report", "auto")  # auto falls back to the loader for them
+
+
+def test_auto_augments_on_the_trainer_where_both_presets_have_a_batched_version():
+    assert A.resolve_augment_on("auto", "weak", "randaugment") == "trainer"
+    assert A.resolve_augment_on("auto", "none", "randaugment") == "trainer"
+    assert A.resolve_augment_on("auto", "jitter", "randaugment") == "loader"
+    assert A.resolve_augment_on("auto", "weak", "report") == "loader"
+    assert A.resolve_augment_on("loader", "weak", "randaugment") == "loader"
+    assert A.resolve_augment_on("trainer", "weak", "randaugment") == "trainer"
 
 
 @pytest.mark.slow

@@ -69,12 +69,14 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["threshold=0", "extra.dist_align=true", "extra.da_momentum=0.5"],
-                                   ["threshold=0.6", "extra.weak_pass=no_grad", "extra.strong_pass=kept"]],
-                         ids=["fixmatch", "dist_align", "strong_kept"])
+@pytest.mark.parametrize("extra", [["augment_on=loader"], ["augment_on=trainer", "threshold=0"],
+                                   ["threshold=0", "extra.dist_align=true", "extra.da_momentum=0.5"],
+                                   ["threshold=0.6", "extra.weak_pass=no_grad", "extra.strong_pass=kept", "augment_on=loader"],
+                                   ["threshold=0.6", "extra.weak_pass=no_grad", "extra.strong_pass=kept", "augment_on=trainer"]],
+                         ids=["fixmatch-loader", "fixmatch-trainer", "dist_align", "strong_kept-loader", "strong_kept-trainer"])
 def test_two_ranks_train_what_one_rank_trains_on_the_same_global_batch(digits, tmp_path, extra):
-    """Rank r reads its slice of the same global batch, each sample augmented by its own seed,
-    and DDP averages the two half-batch gradients: the global-batch gradient. A GroupNorm net
+    """Rank r reads its slice of the same global batch, each sample augmented by its own seed
+    (in the loader workers, or per batch on the trainer from the sample's own draws), and DDP averages the two half-batch gradients: the global-batch gradient. A GroupNorm net
     (no batch statistics to differ per rank), no MixUp. Float sums in another order are the only
     difference: measured here 1.3e-7 on weights that moved by 3e-2 in 12 steps (an all_reduce
     adds two partial sums where one rank adds one long sum), so 1e-4 is a loose bound that still

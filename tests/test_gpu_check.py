@@ -28,6 +28,7 @@ def test_cpu_tiny_smoke_run_writes_its_figures(tmp_path):
     for on in ("loader", "trainer"):  # the views made in the workers, then on the device
         assert 0 < figures[f"fixmatch_{on}_augments_loader_ratio"] and figures[f"fixmatch_{on}_augments_premade_steps_per_s"] > 0
     assert figures["ddp_backend"] == "gloo" and figures["ddp_all_reduce_ok"] is True
+    assert figures["batch_augment_draws_equal"] is True and figures["batch_augment_strong_pixels_differing"] == 0.0
     # stopped by SIGTERM half-way and resumed: on the CPU the weights must be bit-identical
     assert figures["resume_restarts"] == 1, figures
     assert figures["resume_bit_exact"] is True and figures["resume_max_abs_weight_diff"] == 0.0

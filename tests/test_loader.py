@@ -91,12 +91,18 @@ def test_same_pixels_whatever_the_worker_count(digits):
     list(it)
     assert torch.equal(before, torch.get_rng_state()), "loading in the main process must not move the global RNG"
     for x, y in zip(a, b):
-        assert x.keys() == y.keys() == {"x", "y", "y_index", "u_weak", "u_strong", "u_index", "u_truth"}
+        assert x.keys() == y.keys() == {"x", "y", "y_index", "x_seed", "u_weak", "u_strong", "u_index", "u_truth", "u_seed"}
         for k in x:
             assert torch.equal(x[k], y[k]), k
     assert a[0]["x"].dtype == torch.uint8 and a[0]["x"].shape == (4, 3, 32, 32)
     assert not torch.equal(a[0]["u_weak"], a[0]["u_strong"])
     assert (a[0]["u_truth"] >= 0).all(), "digits' unlabeled samples carry their hidden class for diagnostics"
+    # each sample's seed, as the sampler gives it, for augment_on=trainer's draws
+    sampler = StepSampler(streams, 3, 0, 1, 0, 3)
+    for step, batch in enumerate(a):
+        rows = sampler.items(step)
+        assert batch["x_seed"].tolist() == rows[rows[:, 0] == LABELED, 4].tolist()
+        assert batch["u_seed"].tolist() == rows[rows[:, 0] == UNLABELED, 4].tolist()
 
 
 def _open_fds() -> int:

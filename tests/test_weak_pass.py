@@ -168,8 +168,9 @@ def test_joint_pass_asks_for_every_strong_view(tmp_path):
 
 def test_batch_augmenting_engine_makes_strong_views_on_demand_for_kept_pass(digits, tmp_path):
     """augment_on=trainer, strong_pass=kept: no strong view is made up front; those asked for are
-    RandAugment of the rows' own images, the same pixels for the same step (a resumed step draws
-    them again), none for no rows; images/s still counts three views a sample."""
+    the very views the full pass makes of those rows (each drawn from its sample's seed), the same
+    again for the same samples (a resumed step draws them again) and new ones for the next step's
+    samples, none for no rows; images/s still counts three views a sample."""
     from sslrun.config import parse_overrides
     from sslrun.engine import Trainer
 
@@ -190,11 +191,15 @@ def test_batch_augmenting_engine_makes_strong_views_on_demand_for_kept_pass(digi
     assert torch.equal(views, tr._batch(raw).strong_rows(rows))
     assert batch.strong_rows(torch.tensor([], dtype=torch.long)).shape == (0, *batch.u_weak.shape[1:])
     assert not torch.equal(views, batch.u_weak[rows])  # strongly augmented, not the weak view again
-    tr.step = 1
-    assert not torch.equal(views, tr._batch(raw).strong_rows(rows))  # a new step draws anew
-    full = trainer("all")._batch(raw)  # strong_pass=all: every strong view made up front, as before
+    full = trainer("all")._batch(raw)  # strong_pass=all: every strong view made up front
     assert full.make_strong is None and full.u_strong is not None and full.u_strong.shape[0] == m
+    assert torch.equal(views, full.u_strong[rows]), "made on demand, a row's view is the full pass's"
     assert full.views_drawn() == batch.views_drawn()
+    loader = tr._loader(0)
+    next(loader)
+    later = next(loader)  # step 1: other stream positions, other seeds
+    assert not torch.equal(later["u_seed"], raw["u_seed"])
+    assert not torch.equal(views, tr._batch({**raw, "u_seed": later["u_seed"]}).strong_rows(rows))
 
 
 def test_kept_strong_pass_with_nothing_kept_learns_the_labeled_batch(tmp_path):

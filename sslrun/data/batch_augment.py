@@ -4,8 +4,9 @@ Why: augmenting one sample at a time in loader workers made FixMatch loader-boun
 node (bench/RESULTS-throughput.md: P4 0.61 at 32 px, the trainer waited 39 % of its time for 15
 augmented views per labeled image). The same work on the whole uint8 batch is a few dozen
 tensor ops a step, on the device the batch is going to anyway (the GPU on a GPU node); the
-workers only decode. Every random number comes from a generator the engine seeds with
-(seed, step, rank), so a resumed run draws the same pixels as the run it continues.
+workers only decode. Every random number is drawn from the sample's own seed
+(sslrun/data/sample_draws.py): a sample gets the same pixels on any rank, in any batch, in a
+resumed run, and when its strong view is made later for the kept rows only.
 
 The strong view is FixMatch's RandAugment as its authors and USB run it: two ops a sample, each
 drawn from the 14 below with its own uniform magnitude, then a grey Cutout of half the side (the
@@ -22,19 +23,18 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from sslrun.data.sample_draws import SampleDraws
 from sslrun.errors import UserError
 
+# which of a sample's streams a view draws from (sslrun/data/sample_draws.py)
+VIEW_LABELED, VIEW_WEAK, VIEW_STRONG = 0, 1, 2
 FILL = 128.0  # what a geometric op shows where the image moved away (FixMatch's fill colour)
 GREY = 127  # Cutout's square, as the loader path's Cutout
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
-
-
-def flip(x: Tensor, g: torch.Generator) -> Tensor:
+def flip(x: Tensor, r: SampleDraws) -> Tensor:
     """Horizontal flip of each image with probability 1/2."""
-    keep = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+    keep = r.uniform()[0] < 0.5
     return torch.where(keep.view(-1, 1, 1, 1), x, x.flip(-1))
 
 
@@ -43,27 +43,26 @@ def _reflect(i: Tensor, n: int) -> Tensor:
     return torch.where(i >= n, 2 * (n - 1) - i, i)
 
 
-def translate(x: Tensor, g: torch.Generator, frac: float = 0.125) -> Tensor:
+def translate(x: Tensor, r: SampleDraws, frac: float = 0.125) -> Tensor:
     """FixMatch's weak shift: each image cropped at a random place from itself reflect-padded by
     `frac` of its side (the pixels of pad(mode="reflect") + crop, read through index tables)."""
     n, c, h, w = x.shape
     p = max(1, int(round(frac * min(h, w))))
     if p >= min(h, w):
         raise UserError(f"image_size={min(h, w)}: too small for a {p}-pixel reflect shift")
-    dy = torch.randint(0, 2 * p + 1, (n, 1), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * p + 1, (n, 1), generator=g, device=x.device)
+    dy, dx = r.integers(2 * p + 1, 2).unsqueeze(-1)  # (n, 1) each
     rows = _reflect(torch.arange(h, device=x.device) + dy - p, h)  # (n, h)
     cols = _reflect(torch.arange(w, device=x.device) + dx - p, w)  # (n, w)
     out = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
-def cutout(x: Tensor, g: torch.Generator, frac: float = 0.5) -> Tensor:
+def cutout(x: Tensor, r: SampleDraws, frac: float = 0.5) -> Tensor:
     """A grey square of `frac` of the side at a random place in each image."""
     n, _, h, w = x.shape
     s = max(1, int(frac * min(h, w)))
-    y0 = torch.randint(0, h - s + 1, (n, 1), generator=g, device=x.device)
-    x0 = torch.randint(0, w - s + 1, (n, 1), generator=g, device=x.device)
+    y0 = r.integers(h - s + 1)[0].unsqueeze(-1)  # (n, 1)
+    x0 = r.integers(w - s + 1)[0].unsqueeze(-1)
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     in_y = (ys >= y0) & (ys < y0 + s)  # (n, h)
     in_x = (xs >= x0) & (xs < x0 + s)  # (n, w)
@@ -191,14 +190,13 @@ RANDAUGMENT_OPS: list[tuple[Op, float, float]] = [
 ]
 
 
-def randaugment(x: Tensor, g: torch.Generator, num_ops: int = 2) -> Tensor:
+def randaugment(x: Tensor, r: SampleDraws, num_ops: int = 2) -> Tensor:
     """`num_ops` rounds; in each, every image gets one op drawn uniformly, at its own magnitude.
     Images are grouped by op (one host sync a round, for the group sizes)."""
-    n = x.shape[0]
     out = x.float()
     for _ in range(num_ops):
-        op = torch.randint(0, len(RANDAUGMENT_OPS), (n,), generator=g, device=x.device)
-        u = torch.rand(n, generator=g, device=x.device)
+        op = r.integers(len(RANDAUGMENT_OPS))[0]
+        u = r.uniform()[0]
         order = torch.argsort(op, stable=True)
         counts = torch.bincount(op, minlength=len(RANDAUGMENT_OPS)).tolist()
         at = 0
@@ -210,7 +208,7 @@ def randaugment(x: Tensor, g: torch.Generator, num_ops: int = 2) -> Tensor:
     return out.round().to(torch.uint8)
 
 
-BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+BatchTransform = Callable[[Tensor, SampleDraws], Tensor]
 BATCH_PRESETS: dict[str, list[BatchTransform]] = {
     "none": [],
     "flip": [flip],
@@ -225,16 +223,30 @@ def check_batch_preset(key: str, name: str) -> None:
                         f"(expected one of {', '.join(BATCH_PRESETS)}, or augment_on=loader)")
 
 
-def apply_preset(name: str, x: Tensor, g: torch.Generator) -> Tensor:
-    """uint8 (n, 3, h, w) -> uint8, through the preset's steps in order."""
+def apply_preset(name: str, x: Tensor, r: SampleDraws) -> Tensor:
+    """uint8 (n, 3, h, w) -> uint8, through the preset's steps in order, row i drawing from
+    stream i of `r`."""
+    if len(r) != x.shape[0]:
+        raise ValueError(f"apply_preset: {x.shape[0]} images, {len(r)} streams")
     for step in BATCH_PRESETS[name]:
-        x = step(x, g)
+        x = step(x, r)
     return x
+
+
+def resolve_augment_on(augment_on: str, augment: str, strong: str) -> str:
+    """`auto` (the default): `trainer` where both presets have a batched version, `loader`
+    otherwise. Why trainer first: the workers then only decode (FixMatch's 15 views a labeled
+    image stop being the CPU cost that bounds a GPU node, or a 2-core one: P4 0.64 -> 0.95 at
+    32 px, bench/RESULTS-throughput.md), and it is the path bench/RESULTS-accuracy.md's figures
+    come from."""
+    if augment_on != "auto":
+        return augment_on
+    return "trainer" if augment in BATCH_PRESETS and strong in BATCH_PRESETS else "loader"
 
 
 def check_presets(augment: str, strong: str, augment_on: str) -> None:
     """The labeled and strong presets exist where they will run: the workers' or the batch's."""
-    if augment_on == "trainer":
+    if resolve_augment_on(augment_on, augment, strong) == "trainer":
         check_batch_preset("augment", augment)
         check_batch_preset("strong", strong)
     else:

@@ -260,12 +260,14 @@ class ShardImages(Dataset):
         return out
 
     def _columns(self, role: int, mine: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        """The role's integer columns: labels and indices, or indices and hidden truth."""
+        """The role's integer columns: labels and indices, or indices and hidden truth; for
+        training, each sample's seed, from which augment_on=trainer draws its views."""
         index = mine[:, 2]
         if role == UNLABELED:
-            return [("u_index", index), ("u_truth", self._per_split(mine, "hidden"))]
-        label = self._per_split(mine, "label") if role == EVAL else mine[:, 3]
-        return [("y", label), ("y_index", index)]
+            return [("u_index", index), ("u_truth", self._per_split(mine, "hidden")), ("u_seed", mine[:, 4])]
+        if role == EVAL:
+            return [("y", self._per_split(mine, "label")), ("y_index", index)]
+        return [("y", mine[:, 3]), ("y_index", index), ("x_seed", mine[:, 4])]
 
     def _per_split(self, mine: np.ndarray, column: str) -> np.ndarray:
         """A sample-index column (label, hidden) looked up in each row's own split."""
