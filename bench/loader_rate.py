@@ -25,18 +25,21 @@ from pathlib import Path
 import torch
 
 from sslrun.config import Config
-from sslrun.data.loader import StepSampler, make_loader
+from sslrun.data.loader import StepBatches, StepSampler
 from sslrun.engine import Trainer
 
 
 def loader_rate(ds, sampler: StepSampler, workers: int) -> float:
     t0, n = None, 0
-    for k, batch in enumerate(make_loader(ds, sampler, workers, False)):
-        if k == 0:
+    batches = StepBatches(ds, sampler, workers, False)  # as training reads them, `group` steps a handover
+    for k, batch in enumerate(batches):
+        if k < batches.group:  # the clock starts after the first handover
             t0 = time.perf_counter()
             continue
         n += sum(len(v) for key, v in batch.items() if key in ("y", "u_index"))
-    assert t0 is not None, "need at least two steps"
+    if not n:
+        raise SystemExit(f"error: --steps {len(sampler)}: need more than one handover of {batches.group} steps to time")
+    assert t0 is not None
     return n / (time.perf_counter() - t0)
 
 
@@ -63,7 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", type=Path)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--augment-on", choices=("loader", "trainer"), default="loader")
+    p.add_argument("--augment-on", choices=("auto", "loader", "trainer"), default="auto")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=5)
@@ -76,7 +79,7 @@ def main() -> None:
     try:
         tr = Trainer(cfg)
         it = tr._loader(0)  # the dataset and sampler exactly as training builds them
-        ds, base = it._dataset, it._index_sampler
+        ds, base = it.dataset, it.sampler
         del it
         fresh = lambda: StepSampler(base.streams, base.seed, 0, 1, 0, a.steps)  # noqa: E731
         loader, fetch = [], []
@@ -88,7 +91,7 @@ def main() -> None:
                   flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    line = f"loader {statistics.median(loader):.0f} samples/s ({a.workers} workers, {a.augment_on} augments, {a.size} px)"
+    line = f"loader {statistics.median(loader):.0f} samples/s ({a.workers} workers, {tr.augment_on} augments, {a.size} px)"
     if fetch:
         ratio = statistics.median(x / y for x, y in zip(loader, fetch))
         line += f"; fetch in-process {statistics.median(fetch):.0f}; loader/in-process {ratio:.3f}"

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/throughput.py SHARDS [--model resnet18] [--size 96] [--batch 8]
         [--mu 7] [--steps 6] [--loader-steps 40] [--label-samples 3000] [--workers -1]
-        [--threads 0] [--repeats 3] [--amp off] [--augment-on loader|trainer] [--decode-cache-mb 0]
+        [--threads 0] [--repeats 3] [--amp off] [--augment-on auto|loader|trainer] [--decode-cache-mb 0]
         [--only P2,P3,P4,L]
 
 Prints one line per figure (medians over --repeats, the two sides interleaved so that the
@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sslrun.config import Config
-from sslrun.data.loader import ShardImages, StepSampler, default_workers, make_loader
+from sslrun.data.loader import ShardImages, StepBatches, StepSampler, default_workers
 from sslrun.data.manifest import IMAGE_EXTS, wids_file
 from sslrun.data.samples import SplitSamples, load_split
 from sslrun.data.transforms import decode, fit
@@ -169,8 +169,8 @@ def _open_costs(ds: ShardImages, root: Path, manifest) -> str:
 def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = False) -> None:
     global _REF
     it_loader = tr._loader(0)  # builds the dataset and sampler exactly as training does
-    ds: ShardImages = it_loader._dataset
-    sampler: StepSampler = it_loader._index_sampler
+    ds: ShardImages = it_loader.dataset
+    sampler: StepSampler = it_loader.sampler
     del it_loader
     sampler = StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps)
     items = np.concatenate([sampler.items(step) for step in range(steps)])
@@ -181,13 +181,14 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
 
     def loader_rate(dataset: ShardImages = ds) -> float:
         n, t0, c0 = 0, None, _cpu()
-        for k, batch in enumerate(make_loader(dataset, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps),
-                                              workers, False)):
-            if k == 0:  # start the clock at the first batch: worker start-up is not throughput
+        batches = StepBatches(dataset, StepSampler(sampler.streams, sampler.seed, 0, 1, 0, steps), workers, False)
+        for k, batch in enumerate(batches):  # as training reads them: a worker hands over `group` steps at once
+            if k < batches.group:  # start the clock after the first handover: worker start-up is not throughput
                 t0 = time.perf_counter()
                 continue
             n += len(batch["y"]) + len(batch.get("u_index", ()))
-        assert t0 is not None
+        if not n:
+            raise SystemExit(f"error: --loader-steps {steps}: need more than one handover of {batches.group} steps to time")
         rate = n / (time.perf_counter() - t0)
         if dataset is ds:  # all samples, first batch included, over the CPU of the workers and this process
             cpu_rates["loader"].append(len(items) / (_cpu() - c0))
@@ -358,7 +359,7 @@ def warm_cache(tr: Trainer) -> str:
     if cache is None:
         return "off"
     it = tr._loader(0)
-    ds: ShardImages = it._dataset
+    ds: ShardImages = it.dataset
     del it
     t0 = time.perf_counter()
     for split_id, split in enumerate(ds.splits):
@@ -381,7 +382,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--amp", default="off")  # the engine's CPU default; bf16 was 8-20x slower at 32 px here
-    p.add_argument("--augment-on", choices=("loader", "trainer"), default="loader")
+    p.add_argument("--augment-on", choices=("auto", "loader", "trainer"), default="auto")
     p.add_argument("--decode-cache-mb", type=int, default=0, help="the decoded-image cache, warmed before timing (0: off)")
     p.add_argument("--label-samples", type=int, default=3000)
     p.add_argument("--only", default="P2,P3,P4,L")
@@ -396,7 +397,7 @@ def main() -> None:
     warm = warm_cache(tr)
     print(f"# {a.shards} model={a.model} size={a.size} batch={a.batch} mu={a.mu} amp={a.amp} workers={tr.workers} "
           f"(default_workers()={default_workers()[0]}) torch threads={torch.get_num_threads()} "
-          f"augment_on={a.augment_on} decode cache {warm} "
+          f"augment_on={a.augment_on} ({tr.augment_on}) decode cache {warm} "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     only = set(a.only.split(","))
     if "P2" in only:

@@ -30,7 +30,7 @@ from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.batch_augment import VIEW_LABELED, VIEW_STRONG, VIEW_WEAK, apply_preset, check_presets, resolve_augment_on
 from sslrun.data.sample_draws import SampleDraws
 from sslrun.data.decoded_cache import MB, DecodedCache
-from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, default_workers, make_loader, mix_seed
+from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, StepBatches, default_workers, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
 from sslrun.data.samples import SplitSamples, check_shards, load_split
 from sslrun.data.transforms import make_transform
@@ -199,7 +199,7 @@ class Trainer:
         x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _loader(self, start: int) -> Any:
+    def _loader(self, start: int) -> StepBatches:
         cfg = self.cfg
         splits: list[SplitSamples] = [self.train]
         pool = Pool(np.zeros(len(self.train), np.int64), np.arange(len(self.train)), self.train.label)
@@ -227,7 +227,7 @@ class Trainer:
                     views[UNLABELED] = [make_transform("weak" if v == "weak" else cfg.strong) for v in self.strategy.unlabeled_views]
         dataset = ShardImages(splits, cfg.image_size, views, self.decode_cache)
         sampler = StepSampler(streams, cfg.seed, self.info.rank, self.info.world, start, cfg.steps)
-        return iter(make_loader(dataset, sampler, self.workers, self.use_cuda))
+        return StepBatches(dataset, sampler, self.workers, self.use_cuda)
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import pytest
+
+from sslrun.data import loader as L
 from sslrun.data.loader import EVAL, LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, eval_batches, make_loader
 from sslrun.data.manifest import read_manifest
 from sslrun.data.samples import load_split
@@ -206,3 +209,53 @@ def test_a_forked_child_closes_its_copies_of_the_readers_descriptors(digits):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert ds._fds == parent_fds and len(ds.read(0, 1)) > 0
+
+
+@pytest.mark.parametrize("trainer_views", [True, False], ids=["decode-only", "loader-augments"])
+def test_steps_handed_over_in_groups_are_the_steps_read_one_by_one(digits, monkeypatch, trainer_views):
+    """A worker hands over several steps at once (StepBatches): split again, each is the batch
+    that step reads alone, for a start and an end that are not on a group boundary."""
+    manifest = read_manifest(digits)
+    train, unl = load_split(manifest, "train"), load_split(manifest, "unlabeled")
+    if trainer_views:
+        views = {LABELED: [make_transform("none")], UNLABELED: [make_transform("none")]}
+    else:
+        views = {LABELED: [make_transform("weak")], UNLABELED: [make_transform("weak"), make_transform("randaugment")]}
+    streams = [Stream(_pool(len(train)), LABELED, 4),
+               Stream(Pool(np.ones(len(unl), np.int64), np.arange(len(unl)), np.full(len(unl), -1)), UNLABELED, 8)]
+    ds = ShardImages([train, unl], 16, views)
+    step_bytes = 3 * 16 * 16 * (4 + 8 * len(views[UNLABELED]))
+    monkeypatch.setattr(L, "HANDOVER_BYTES", 4 * step_bytes)  # 4 steps a handover
+    grouped = L.StepBatches(ds, StepSampler(streams, 3, 0, 1, 3, 14), 2, False)
+    assert grouped.group == 4 and list(L.GroupedSteps(grouped.sampler, 4).sizes()) == [4, 4, 3]
+    one_by_one = L.StepBatches(ds, StepSampler(streams, 3, 0, 1, 3, 14), 0, False)
+    assert one_by_one.group == 1
+    got, want = list(grouped), list(one_by_one)
+    assert len(got) == len(want) == 11
+    for step, (a, b) in enumerate(zip(got, want), start=3):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (step, key)
+        assert a["x_seed"].tolist() == StepSampler(streams, 3, 0, 1, 0, 14).items(step)[:4, 4].tolist()
+
+
+def test_group_size_fills_the_handover_and_stays_bounded():
+    class _Views:
+        views = {LABELED: [None], UNLABELED: [None]}
+
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+    sampler = StepSampler([Stream(_pool(8), LABELED, 32), Stream(_pool(8), UNLABELED, 224)], 0, 0, 1, 0, 10)
+    assert L.group_size(_Views(32), sampler, 0) == 1, "in-process: nothing to hand over"
+    assert L.group_size(_Views(32), sampler, 1) == L.HANDOVER_BYTES // (256 * 3 * 32 * 32) == 2
+    assert L.group_size(_Views(8), sampler, 1) == L.MAX_GROUP
+    assert L.group_size(_Views(96), sampler, 1) == 1
+
+
+def test_split_steps_refuses_rows_that_do_not_divide():
+    batch = {"x": torch.zeros(6, 3, 2, 2), "u_index": torch.zeros(0, dtype=torch.int64)}
+    parts = L.split_steps(batch, 3)
+    assert [p["x"].shape[0] for p in parts] == [2, 2, 2] and all(p["u_index"].shape == (0,) for p in parts)
+    with pytest.raises(ValueError, match="x has 6 rows, not a multiple of 4 steps"):
+        L.split_steps(batch, 4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -383,6 +384,82 @@ def make_loader(dataset: ShardImages, batches: object, workers: int, pin: bool) 
         persistent_workers=False,
         worker_init_fn=_worker_init,
     )
+
+
+HANDOVER_BYTES = 2 << 20  # a worker hands over at least this much at a time, up to MAX_GROUP steps
+MAX_GROUP = 8
+
+
+class GroupedSteps:
+    """A StepSampler's steps, `group` at a time: one item per group, its steps' rows in step order."""
+
+    def __init__(self, sampler: StepSampler, group: int) -> None:
+        self.sampler, self.group = sampler, group
+
+    def sizes(self) -> Iterator[int]:
+        """The number of steps in each group, in order (the last may hold fewer)."""
+        for s in range(self.sampler.start, self.sampler.end, self.group):
+            yield min(self.group, self.sampler.end - s)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.group)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        s = self.sampler.start
+        for k in self.sizes():
+            yield np.concatenate([self.sampler.items(t) for t in range(s, s + k)])
+            s += k
+
+
+def split_steps(batch: dict[str, Tensor], k: int) -> list[Batch]:
+    """A group's batch as its `k` steps' batches: each key's rows are the steps' rows in step order
+    (ShardImages keeps the order of the items within a role), all of one length per step. The
+    parts are views of the group's buffer, which lives while any of them does."""
+    if k == 1:
+        return [batch if isinstance(batch, Batch) else Batch(batch)]
+    out = [Batch() for _ in range(k)]
+    for key, t in batch.items():
+        n, rest = divmod(t.shape[0], k)
+        if rest:
+            raise ValueError(f"split_steps: {key} has {t.shape[0]} rows, not a multiple of {k} steps")
+        for step, part in enumerate(t.split(n) if n else [t] * k):
+            out[step][key] = part
+    return out
+
+
+def group_size(dataset: ShardImages, sampler: StepSampler, workers: int) -> int:
+    """Steps per worker handover: 1 in-process; else enough for HANDOVER_BYTES of images.
+
+    Why: each handover costs about a millisecond whatever its size (a fresh shared-memory file,
+    its descriptor sent over a socket, pickling, the queue; bench/RESULTS-throughput.md), which
+    at 32 px is a third of the decode work of a 64-image step."""
+    if workers <= 0:
+        return 1
+    images = sum(st.per_rank * len(dataset.views.get(st.role, ())) for st in sampler.streams)
+    step_bytes = max(1, images * 3 * dataset.size * dataset.size)
+    return max(1, min(MAX_GROUP, HANDOVER_BYTES // step_bytes))
+
+
+class StepBatches:
+    """A run's batches, one a step, from `workers` loader processes that hand them over
+    `group_size` steps at a time (split again here)."""
+
+    def __init__(self, dataset: ShardImages, sampler: StepSampler, workers: int, pin: bool) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.group = group_size(dataset, sampler, workers)
+        grouped = GroupedSteps(sampler, self.group)
+        self._sizes = grouped.sizes()
+        self._groups = iter(make_loader(dataset, grouped, workers, pin))
+        self._pending: deque[Batch] = deque()
+
+    def __iter__(self) -> StepBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if not self._pending:
+            group = next(self._groups)
+            self._pending.extend(split_steps(group, next(self._sizes)))
+        return self._pending.popleft()
 
 
 def _worker_init(_: int) -> None:
