@@ -259,3 +259,57 @@ def test_split_steps_refuses_rows_that_do_not_divide():
     assert [p["x"].shape[0] for p in parts] == [2, 2, 2] and all(p["u_index"].shape == (0,) for p in parts)
     with pytest.raises(ValueError, match="x has 6 rows, not a multiple of 4 steps"):
         L.split_steps(batch, 4)
+
+
+def test_workers_reuse_their_buffers_and_never_one_a_batch_still_uses(digits, monkeypatch):
+    from sslrun.data.handover_pool import SLOTS
+
+    """Pooled handover buffers (sslrun/data/handover_pool.py): the caller keeps every third step's
+    batch, or a view of one column of it, and drops the rest. Kept batches must still hold what
+    that step read after the workers have packed many more (a buffer reused too early would hold
+    a later step's pixels), and dropped ones' buffers must have been reused."""
+    manifest = read_manifest(digits)
+    train, unl = load_split(manifest, "train"), load_split(manifest, "unlabeled")
+    views = {LABELED: [make_transform("none")], UNLABELED: [make_transform("weak")]}
+    streams = [Stream(_pool(len(train)), LABELED, 4),
+               Stream(Pool(np.ones(len(unl), np.int64), np.arange(len(unl)), np.full(len(unl), -1)), UNLABELED, 8)]
+    monkeypatch.setattr(L, "HANDOVER_BYTES", 1)  # one step a handover: a buffer per step
+    want = list(L.StepBatches(ShardImages([train, unl], 16, views), StepSampler(streams, 5, 0, 1, 0, 60), 0, False))
+    pooled = L.StepBatches(ShardImages([train, unl], 16, views), StepSampler(streams, 5, 0, 1, 0, 60), 1, False)
+    assert pooled.pool is not None and pooled.group == 1
+    kept: dict[int, object] = {}
+    for step, batch in enumerate(pooled):
+        if step % 6 == 0:
+            kept[step] = batch  # the whole batch
+        elif step % 6 == 3:
+            kept[step] = batch["u_index"]  # one column's view keeps the buffer too
+        del batch
+    # kept batches hold their slots for good (20 of them, over the worker's 8 slots): the first
+    # steps reuse, then the worker falls back to fresh buffers
+    assert pooled.handovers == 60 and pooled.reused >= 5, (pooled.handovers, pooled.reused)
+    dropping = L.StepBatches(ShardImages([train, unl], 16, views), StepSampler(streams, 5, 0, 1, 0, 60), 1, False)
+    for step, batch in enumerate(dropping):
+        assert torch.equal(batch["x"], want[step]["x"]) and torch.equal(batch["u_weak"], want[step]["u_weak"]), step
+    assert dropping.reused >= 60 - 2 * SLOTS, dropping.reused  # nothing kept: nearly every buffer is a reused one
+    for step, got in kept.items():
+        if isinstance(got, torch.Tensor):
+            assert torch.equal(got, want[step]["u_index"]), step
+        else:
+            for key in want[step]:
+                assert torch.equal(got[key], want[step][key]), (step, key)
+
+
+def test_pool_gives_back_only_what_nothing_points_at():
+    from sslrun.data.handover_pool import HandoverPool
+
+    pool = HandoverPool(1)
+    a, b = torch.zeros(8, dtype=torch.uint8), torch.zeros(8, dtype=torch.uint8)
+    pool.flags[:2] = 1
+    pool.received(0, a.untyped_storage())
+    pool.received(1, b.untyped_storage())
+    view = b[2:4]
+    del a, b
+    assert pool.give_back() == 1 and pool.busy()[:2].tolist() == [0, 1]
+    del view
+    assert pool.give_back() == 1 and pool.busy()[:2].tolist() == [0, 0]
+    assert pool.buffer(16)[0] == -1, "outside a worker: a fresh buffer, no slot"

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sslrun.data.decoded_cache import DecodedCache
+from sslrun.data.handover_pool import HandoverPool, fresh_buffer
 from sslrun.data.samples import SplitSamples
 from sslrun.data.transforms import Transform, decode, draws_random, fit
 
@@ -150,6 +151,8 @@ class ShardImages(Dataset):
     With a `cache` (sslrun/data/decoded_cache.py), an image decoded once is not decoded again
     while the cache's budget lasts."""
 
+    pool: HandoverPool | None = None  # the training loader's (StepBatches), for its workers' batches
+
     def __init__(self, splits: list[SplitSamples], size: int, views: dict[int, list[Transform]],
                  cache: DecodedCache | None = None) -> None:
         self.splits, self.size, self.views, self.cache = splits, size, views, cache
@@ -241,7 +244,7 @@ class ShardImages(Dataset):
         finally:
             if state is not None:
                 torch.set_rng_state(state)
-        return pack(images, ints)
+        return pack(images, ints, self.pool)
 
     def make_views(self, role: int, images: Iterable[Tensor], seeds: np.ndarray) -> list[list[Tensor]]:
         """The role's views of decoded images (one list per view, in image order), each view that
@@ -300,25 +303,29 @@ class Batch(dict):
     Batch is its one buffer and its layout."""
 
     packed: tuple[Tensor, Layout] | None = None
+    slot: int = -1  # the worker's pool slot its buffer came from (HandoverPool), -1 for none
 
     def __reduce__(self) -> tuple:
         if self.packed is None:
             return dict, (dict(self),)
-        return _unpack, self.packed
+        return _unpack, (*self.packed, self.slot)
 
 
-def _unpack(buf: Tensor, layout: Layout) -> Batch:
+def _unpack(buf: Tensor, layout: Layout, slot: int = -1) -> Batch:
     """The batch's tensors as views of its buffer's storage."""
     storage = buf.untyped_storage()
     out = Batch()
     for key, at, dtype, shape in layout:
         out[key] = torch.empty(0, dtype=dtype).set_(storage, at // dtype.itemsize, shape)
+    out.slot = slot
     return out
 
 
-def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarray]]) -> Batch:
+def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarray]],
+         pool: HandoverPool | None = None) -> Batch:
     """Stack each key's images, then the integer columns, into the batch's one buffer (in shared
-    memory inside a worker, so the batch crosses to the trainer without a copy)."""
+    memory inside a worker, so the batch crosses to the trainer without a copy; from the
+    worker's `pool` where one is given)."""
     shapes = {tuple(t.shape) for _, ts in images for t in ts}
     dtypes = {t.dtype for _, ts in images for t in ts}
     if len(shapes) > 1 or len(dtypes) > 1:  # views of different sizes: one stack per key
@@ -330,7 +337,7 @@ def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarra
     n_img, n_int = sum(len(ts) for _, ts in images), sum(len(v) for _, v in ints)
     image_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     int_at = -(-n_img * image_bytes // 8) * 8  # the int64 columns start 8-byte aligned
-    buf = _empty((int_at + 8 * n_int,), torch.uint8)
+    slot, buf = pool.buffer(int_at + 8 * n_int) if pool is not None else (-1, fresh_buffer(int_at + 8 * n_int))
     storage = buf.untyped_storage()
     img_buf = torch.empty(0, dtype=dtype).set_(storage, 0, (n_img, *shape))
     layout: Layout = []
@@ -345,7 +352,7 @@ def pack(images: list[tuple[str, list[Tensor]]], ints: list[tuple[str, np.ndarra
     for key, v in ints:
         layout.append((key, at, torch.int64, (len(v),)))
         at += 8 * len(v)
-    out = _unpack(buf, layout)
+    out = _unpack(buf, layout, slot)
     out.packed = (buf, layout)
     return out
 
@@ -442,22 +449,35 @@ def group_size(dataset: ShardImages, sampler: StepSampler, workers: int) -> int:
 
 class StepBatches:
     """A run's batches, one a step, from `workers` loader processes that hand them over
-    `group_size` steps at a time (split again here)."""
+    `group_size` steps at a time (split again here), in buffers they reuse once nothing here
+    points at them (sslrun/data/handover_pool.py)."""
 
     def __init__(self, dataset: ShardImages, sampler: StepSampler, workers: int, pin: bool) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.group = group_size(dataset, sampler, workers)
+        self.pool = HandoverPool(workers) if workers > 0 and not pin and HandoverPool.usable() else None
+        dataset.pool = self.pool  # the workers forked by iter() below carry it
         grouped = GroupedSteps(sampler, self.group)
         self._sizes = grouped.sizes()
         self._groups = iter(make_loader(dataset, grouped, workers, pin))
         self._pending: deque[Batch] = deque()
+        self.handovers = self.reused = 0  # batches received, and of those in a pool buffer used before
+        self._slots_seen: set[int] = set()
 
     def __iter__(self) -> StepBatches:
         return self
 
     def __next__(self) -> Batch:
+        if self.pool is not None:
+            self.pool.give_back()
         if not self._pending:
             group = next(self._groups)
+            self.handovers += 1
+            slot = getattr(group, "slot", -1)
+            if self.pool is not None and slot >= 0:
+                self.reused += slot in self._slots_seen
+                self._slots_seen.add(slot)
+                self.pool.received(slot, next(iter(group.values())).untyped_storage())
             self._pending.extend(split_steps(group, next(self._sizes)))
         return self._pending.popleft()
 
