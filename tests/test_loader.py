@@ -313,3 +313,12 @@ def test_pool_gives_back_only_what_nothing_points_at():
     del view
     assert pool.give_back() == 1 and pool.busy()[:2].tolist() == [0, 0]
     assert pool.buffer(16)[0] == -1, "outside a worker: a fresh buffer, no slot"
+
+
+def test_views_of_different_sizes_are_stacked_per_key():
+    small = [torch.full((3, 2, 2), i, dtype=torch.uint8) for i in range(3)]
+    big = [torch.full((3, 4, 4), 7, dtype=torch.uint8)]
+    batch = L.pack([("x", small), ("u_weak", big)], [("y", np.array([1, 2, 3]))])
+    assert batch["x"].shape == (3, 3, 2, 2) and batch["x"][:, 0, 0, 0].tolist() == [0, 1, 2]
+    assert batch["u_weak"].shape == (1, 3, 4, 4) and (batch["u_weak"] == 7).all()
+    assert batch["y"].tolist() == [1, 2, 3]

@@ -362,22 +362,11 @@ def collate(batch: Batch) -> Batch:
     return batch
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """An empty tensor, in shared memory inside a worker: the batch then crosses to the
-    trainer without the copy that pickling a private tensor for the queue would make."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    n = 1
-    for d in shape:
-        n *= d
-    storage = torch.UntypedStorage._new_shared(n * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
 def _stack(images: list[Tensor]) -> Tensor:
     """torch.stack, into shared memory inside a worker (as default_collate does)."""
     first = images[0]
-    return torch.stack(images, out=_empty((len(images), *first.shape), first.dtype))
+    out = fresh_buffer(len(images) * first.numel() * first.element_size())
+    return torch.stack(images, out=out.view(first.dtype).view(len(images), *first.shape))
 
 
 def make_loader(dataset: ShardImages, batches: object, workers: int, pin: bool) -> DataLoader:
