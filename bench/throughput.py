@@ -81,21 +81,25 @@ def _cpu() -> float:
 _REF: tuple[ShardImages, np.ndarray, list[bytearray], int] | None = None
 
 
-def _ref_chunk(lo_hi: tuple[int, int]) -> tuple[int, float]:
-    """Decode + fit + views of items [lo, hi) from bytes already in memory, a step's items at a
-    time as the loader takes them (so neither side holds more than a step's images); (count, seconds)."""
+def _ref_chunk(lo_hi_reads: tuple[int, int, bool]) -> tuple[int, float]:
+    """Decode + fit + views of items [lo, hi) from bytes already in memory, or read from their
+    shard by offset (`reads`: os.pread, as the loader reads), a step's items at a time as the
+    loader takes them (so neither side holds more than a step's images); (count, seconds)."""
     assert _REF is not None
     ds, items, raws, per_step = _REF
     torch.set_num_threads(1)
-    lo, hi = lo_hi
+    lo, hi, reads = lo_hi_reads
+    where = items[:, 1:3].tolist()
+    data = (lambda j: ds.read(*where[j])) if reads else raws.__getitem__
     t0 = time.perf_counter()
     for a in range(lo, hi, per_step):
         step = items[a:min(a + per_step, hi)]
         for role in np.unique(step[:, 0]).tolist():
             rows = a + np.flatnonzero(step[:, 0] == role)
             # the loader's own view code, seeding included, each view made CHW-contiguous as a batch
-            # holds it (a decoded JPEG is an HWC buffer seen as CHW); left out: read, stack, handover
-            for views in ds.make_views(role, (fit(decode(raws[j]), ds.size) for j in rows.tolist()), items[rows, 4]):
+            # holds it (a decoded JPEG is an HWC buffer seen as CHW); left out: stack, handover, and
+            # the read unless `reads`
+            for views in ds.make_views(role, (fit(decode(data(j)), ds.size) for j in rows.tolist()), items[rows, 4]):
                 for v in views:
                     v.contiguous()
     return hi - lo, time.perf_counter() - t0
@@ -194,19 +198,29 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
             cpu_rates["loader"].append(len(items) / (_cpu() - c0))
         return rate
 
-    def ref_rate() -> float:
+    def ref_rate(reads: bool = False) -> float:
         per = len(items) // procs
-        chunks = [(i * per, (i + 1) * per) for i in range(procs)]
+        chunks = [(i * per, (i + 1) * per, reads) for i in range(procs)]
         c0 = _cpu()
         with mp.get_context("fork").Pool(procs) as pool:
             res = pool.map(_ref_chunk, chunks, chunksize=1)
-        cpu_rates["ref"].append(sum(n for n, _ in res) / (_cpu() - c0))
+        if not reads:
+            cpu_rates["ref"].append(sum(n for n, _ in res) / (_cpu() - c0))
         return sum(n for n, _ in res) / max(s for _, s in res)
 
     if not with_wids:
-        r, a, b = _median_ratio(loader_rate, ref_rate, repeats)
-        print(f"P2 loader/in-process = {r:.3f}  (loader {a:.0f} samples/s with {workers} workers, in-process {b:.0f} "
-              f"samples/s on {procs} processes; {steps} steps of {len(items) // steps} samples)", flush=True)
+        own, ref, ref_read = [], [], []
+        sides = [(loader_rate, own), (ref_rate, ref), (lambda: ref_rate(True), ref_read)]
+        for r in range(repeats):  # the three sides in turn, each first in every third round
+            for f, out in sides[r % 3:] + sides[:r % 3]:
+                out.append(f())
+        med = statistics.median
+        print(f"P2 loader/in-process = {med(a / b for a, b in zip(own, ref)):.3f}  (loader {med(own):.0f} samples/s with "
+              f"{workers} workers, in-process {med(ref):.0f} samples/s on {procs} processes from bytes in memory; "
+              f"{steps} steps of {len(items) // steps} samples)", flush=True)
+        print(f"P2read loader/in-process reading the shards too = {med(a / b for a, b in zip(own, ref_read)):.3f}  "
+              f"(in-process {med(ref_read):.0f} samples/s, each sample read from its shard by offset as the loader reads it)",
+              flush=True)
         rc = statistics.median(a / b for a, b in zip(cpu_rates["loader"], cpu_rates["ref"]))
         print(f"P2cpu loader/in-process per CPU second = {rc:.3f}  (loader {statistics.median(cpu_rates['loader']):.0f}, "
               f"in-process {statistics.median(cpu_rates['ref']):.0f} samples per CPU second, worker start-up "

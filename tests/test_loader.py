@@ -248,7 +248,7 @@ def test_group_size_fills_the_handover_and_stays_bounded():
 
     sampler = StepSampler([Stream(_pool(8), LABELED, 32), Stream(_pool(8), UNLABELED, 224)], 0, 0, 1, 0, 10)
     assert L.group_size(_Views(32), sampler, 0) == 1, "in-process: nothing to hand over"
-    assert L.group_size(_Views(32), sampler, 1) == L.HANDOVER_BYTES // (256 * 3 * 32 * 32) == 2
+    assert L.group_size(_Views(32), sampler, 1) == L.HANDOVER_BYTES // (256 * 3 * 32 * 32) == 5
     assert L.group_size(_Views(8), sampler, 1) == L.MAX_GROUP
     assert L.group_size(_Views(96), sampler, 1) == 1
 

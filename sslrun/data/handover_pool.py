@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-SLOTS = 8  # buffers per worker: the DataLoader's prefetch (4 handovers) and the trainer's few in use
+SLOTS = 6  # buffers per worker: the DataLoader's prefetch (4 handovers), the one in use, one being given back
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 

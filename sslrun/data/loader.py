@@ -382,7 +382,7 @@ def make_loader(dataset: ShardImages, batches: object, workers: int, pin: bool) 
     )
 
 
-HANDOVER_BYTES = 2 << 20  # a worker hands over at least this much at a time, up to MAX_GROUP steps
+HANDOVER_BYTES = 4 << 20  # a handover holds the steps whose images fit in this (at least 1, at most MAX_GROUP)
 MAX_GROUP = 8
 
 
