@@ -28,10 +28,10 @@ from sslrun import checkpoint, distributed, run_folder, run_record
 from sslrun.budget import plan_for
 from sslrun.config import RESUME_KEYS, Config, save_config
 from sslrun.data.batch_augment import VIEW_LABELED, VIEW_STRONG, VIEW_WEAK, apply_preset, check_presets, resolve_augment_on
-from sslrun.data.sample_draws import SampleDraws
 from sslrun.data.decoded_cache import MB, DecodedCache
-from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepSampler, Stream, StepBatches, default_workers, mix_seed
+from sslrun.data.loader import LABELED, UNLABELED, Pool, ShardImages, StepBatches, StepSampler, Stream, default_workers, mix_seed
 from sslrun.data.manifest import Manifest, read_manifest
+from sslrun.data.sample_draws import SampleDraws
 from sslrun.data.samples import SplitSamples, check_shards, load_split
 from sslrun.data.transforms import make_transform
 from sslrun.epochs import run_epoch_steps, threshold_warning

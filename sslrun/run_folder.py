@@ -363,8 +363,11 @@ def claim(run_dir: Path, mine: str, resume_keys: tuple[str, ...]) -> None:
         differ = [k for k in changed if k not in resume_keys]
         if differ:
             k = differ[0]
-            raise UserError(f"{run_dir} holds a run with {k}={theirs.get(k)!r}, not {ours[k]!r}; "
-                            f"choose another sweep= or name= (nothing was changed)")
+            was = theirs.get(k)
+            resume = f" or give {k}={str(was).lower() if isinstance(was, bool) else was} to resume it" \
+                if isinstance(was, (str, int, float)) else ""
+            raise UserError(f"{run_dir} holds a run with {k}={was!r}, not {ours[k]!r}; "
+                            f"choose another sweep= or name={resume} (nothing was changed)")
         if changed and not (run_dir / RESULT).exists():
             line = {"wall": round(time.time(), 3), "changed": changed}
             with open(run_dir / HISTORY, "a", encoding="utf-8") as f:

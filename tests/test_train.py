@@ -66,7 +66,23 @@ def test_same_name_with_another_config_is_refused(digits, tmp_path):
     proc = run_door("jobs/train.py", *base, "momentum=0.5")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "momentum=" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "or give momentum=0.9 to resume it" in proc.stderr
     assert (tmp_path / digits.name / "x" / "config.yaml").read_text() == before
+
+
+def test_a_run_made_under_an_older_default_says_how_to_resume_it(digits, tmp_path):
+    """A run folder whose config.yaml holds a default that has since changed (augment_on was
+    `loader` before `auto`): the refusal names the value that resumes it, and that value does."""
+    base = [*FAST, "steps=2", f"data={digits}", f"root={tmp_path}", "name=old", "strategy=supervised"]
+    run_door("jobs/train.py", *base, check=True)
+    config = tmp_path / digits.name / "old" / "config.yaml"
+    text = config.read_text()
+    assert "augment_on: auto" in text
+    config.write_text(text.replace("augment_on: auto", "augment_on: loader"))
+    proc = run_door("jobs/train.py", *base)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "augment_on='loader', not 'auto'" in proc.stderr and "or give augment_on=loader to resume it" in proc.stderr
+    run_door("jobs/train.py", *base, "augment_on=loader", check=True)
 
 
 @pytest.mark.parametrize("args, fragment", [
