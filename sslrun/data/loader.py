@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sslrun.data.decoded_cache import DecodedCache
 from sslrun.data.handover_pool import HandoverPool, fresh_buffer
+from sslrun.data.sample_draws import SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2
 from sslrun.data.samples import SplitSamples
 from sslrun.data.transforms import Transform, decode, draws_random, fit
 
@@ -33,20 +34,19 @@ LABELED, UNLABELED, EVAL = 0, 1, 2
 MASK64 = (1 << 64) - 1
 
 
-_SEED0, _MUL1, _MUL2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's constants
 _U = np.uint64
 
 
 def _mix(h: int, v: int) -> int:
     """One splitmix64 step folding integer `v` into state `h`."""
-    h = (h ^ (v & MASK64)) * _MUL1 & MASK64
-    h = (h ^ (h >> 31)) * _MUL2 & MASK64
+    h = (h ^ (v & MASK64)) * SPLITMIX_MUL1 & MASK64
+    h = (h ^ (h >> 31)) * SPLITMIX_MUL2 & MASK64
     return h ^ (h >> 29)
 
 
 def mix_seed(*values: int) -> int:
     """A 63-bit seed from integers (splitmix64 steps): cheap, stable across runs and platforms."""
-    h = _SEED0
+    h = SPLITMIX_GAMMA
     for v in values:
         h = _mix(h, v)
     return h >> 1
@@ -56,15 +56,15 @@ def mix_seeds(*values: int | np.ndarray) -> np.ndarray:
     """mix_seed over arrays (int64 out, the same value per element as mix_seed): a step's seeds
     in a few numpy ops instead of a Python loop per sample. Leading integers are mixed in Python
     first, so mix_seeds(seed, role, positions) costs one vectorised round, not three."""
-    h, k = _SEED0, 0
+    h, k = SPLITMIX_GAMMA, 0
     while k < len(values) and not isinstance(values[k], np.ndarray):
         h, k = _mix(h, int(values[k])), k + 1
     if k == len(values):
         return np.int64(h >> 1)
     a = np.full(np.broadcast_shapes(*(np.shape(v) for v in values[k:])), h, dtype=_U)
     for v in values[k:]:  # uint64 array arithmetic wraps modulo 2**64 without a warning
-        a = (a ^ np.asarray(v).astype(np.int64).astype(_U)) * _U(_MUL1)
-        a = (a ^ (a >> _U(31))) * _U(_MUL2)
+        a = (a ^ np.asarray(v).astype(np.int64).astype(_U)) * _U(SPLITMIX_MUL1)
+        a = (a ^ (a >> _U(31))) * _U(SPLITMIX_MUL2)
         a ^= a >> _U(29)
     return (a >> _U(1)).astype(np.int64)
 

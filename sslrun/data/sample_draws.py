@@ -25,9 +25,11 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-_GAMMA = _signed(0x9E3779B97F4A7C15)  # splitmix64's increment: one per draw
+# splitmix64's constants (also sslrun/data/loader.py's mix_seed): its increment, its two multipliers
+SPLITMIX_GAMMA, SPLITMIX_MUL1, SPLITMIX_MUL2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_GAMMA = _signed(SPLITMIX_GAMMA)  # one per draw
 _VIEW = _signed(0xD1B54A32D192ED03)  # separates the streams of one sample's views
-_M1, _M2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+_M1, _M2 = _signed(SPLITMIX_MUL1), _signed(SPLITMIX_MUL2)
 BITS = 24  # a float32 uniform holds 24 bits exactly
 
 
