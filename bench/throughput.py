@@ -71,6 +71,16 @@ def _median_ratio(a: Callable[[], float], b: Callable[[], float], repeats: int) 
     return statistics.median(ratios), statistics.median(ra), statistics.median(rb)
 
 
+def _in_turn(sides: list[Callable[[], float]], repeats: int) -> list[list[float]]:
+    """Each side's figures over `repeats` rounds, the sides in turn, each one first in its share of rounds."""
+    out: list[list[float]] = [[] for _ in sides]
+    order = list(range(len(sides)))
+    for r in range(repeats):
+        for i in order[r % len(sides):] + order[:r % len(sides)]:
+            out[i].append(sides[i]())
+    return out
+
+
 # --- P2 ------------------------------------------------------------------------------------
 def _cpu() -> float:
     """CPU seconds of this process and its finished children (loader workers, pool processes)."""
@@ -89,8 +99,11 @@ def _ref_chunk(lo_hi_reads: tuple[int, int, bool]) -> tuple[int, float]:
     ds, items, raws, per_step = _REF
     torch.set_num_threads(1)
     lo, hi, reads = lo_hi_reads
-    where = items[:, 1:3].tolist()
-    data = (lambda j: ds.read(*where[j])) if reads else raws.__getitem__
+    if reads:
+        where = items[:, 1:3].tolist()
+        data = lambda j: ds.read(*where[j])  # noqa: E731
+    else:
+        data = raws.__getitem__
     t0 = time.perf_counter()
     for a in range(lo, hi, per_step):
         step = items[a:min(a + per_step, hi)]
@@ -209,11 +222,7 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
         return sum(n for n, _ in res) / max(s for _, s in res)
 
     if not with_wids:
-        own, ref, ref_read = [], [], []
-        sides = [(loader_rate, own), (ref_rate, ref), (lambda: ref_rate(True), ref_read)]
-        for r in range(repeats):  # the three sides in turn, each first in every third round
-            for f, out in sides[r % 3:] + sides[:r % 3]:
-                out.append(f())
+        own, ref, ref_read = _in_turn([loader_rate, ref_rate, lambda: ref_rate(True)], repeats)
         med = statistics.median
         print(f"P2 loader/in-process = {med(a / b for a, b in zip(own, ref)):.3f}  (loader {med(own):.0f} samples/s with "
               f"{workers} workers, in-process {med(ref):.0f} samples/s on {procs} processes from bytes in memory; "
@@ -231,11 +240,7 @@ def p2(tr: Trainer, workers: int, steps: int, repeats: int, with_wids: bool = Fa
     for (sid, idx), raw in zip(items[:50, 1:3].tolist(), _REF[2]):  # the same bytes by both roads
         assert wds_ds.read(sid, idx) == bytes(raw), (sid, idx)
     print(f"P2 open cost per process: {_open_costs(ds, root, tr.manifest)}", flush=True)
-    own, wid, ref = [], [], []
-    sides = [(lambda: loader_rate(), own), (lambda: loader_rate(wds_ds), wid), (ref_rate, ref)]
-    for r in range(repeats):
-        for f, out in sides[r % 3:] + sides[:r % 3]:
-            out.append(f())
+    own, wid, ref = _in_turn([lambda: loader_rate(), lambda: loader_rate(wds_ds), ref_rate], repeats)
     med = statistics.median
     print(f"P2 own reader loader/in-process = {med(a / c for a, c in zip(own, ref)):.3f}, "
           f"wids reader loader/in-process = {med(b / c for b, c in zip(wid, ref)):.3f}, wids/own = "
