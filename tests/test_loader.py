@@ -309,9 +309,9 @@ def test_pool_gives_back_only_what_nothing_points_at():
     pool.received(1, b.untyped_storage())
     view = b[2:4]
     del a, b
-    assert pool.give_back() == 1 and pool.busy()[:2].tolist() == [0, 1]
+    assert pool.give_back() == 1 and pool.flags[:2].tolist() == [0, 1]
     del view
-    assert pool.give_back() == 1 and pool.busy()[:2].tolist() == [0, 0]
+    assert pool.give_back() == 1 and pool.flags[:2].tolist() == [0, 0]
     assert pool.buffer(16)[0] == -1, "outside a worker: a fresh buffer, no slot"
 
 

@@ -17,7 +17,6 @@ shared buffer is done with.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
@@ -89,6 +88,3 @@ class HandoverPool:
                 keep.append((slot, storage))
         self._held = keep
         return freed
-
-    def busy(self) -> np.ndarray:
-        return self.flags.numpy().copy()
